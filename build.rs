@@ -1,0 +1,51 @@
+//! Build script: links the binary against the libtorch that torch-sys uses, with an
+//! rpath so it runs without LD_LIBRARY_PATH, keeps libtorch_cuda linked, and compiles
+//! the small C++ shim (`src/trace/shim.cpp`) for what tch does not expose: the
+//! TorchScript module's state dict with buffers and hierarchy, its inlined graph, and
+//! execution order through `at::RecordFunction`.
+
+use std::env;
+use std::path::PathBuf;
+
+fn main() {
+    println!("cargo:rerun-if-changed=src/trace/shim.cpp");
+    println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-env-changed=LIBTORCH");
+
+    // torch-sys publishes the lib dir it linked against (links = "tch"); the include
+    // dir sits beside it in both libtorch and the PyPI wheel's torch/ folder.
+    let lib_dir = match env::var("DEP_TCH_LIBTORCH_LIB") {
+        Ok(dir) => PathBuf::from(dir),
+        Err(_) => PathBuf::from(
+            env::var("LIBTORCH").expect("LIBTORCH is not set: run scripts/setup.sh first"),
+        )
+        .join("lib"),
+    };
+    let lib_dir = lib_dir.canonicalize().unwrap_or(lib_dir);
+    let root = lib_dir.parent().expect("libtorch lib dir has a parent").to_path_buf();
+
+    cc::Build::new()
+        .cpp(true)
+        .pic(true)
+        .warnings(false)
+        .include(root.join("include"))
+        .include(root.join("include/torch/csrc/api/include"))
+        .flag("-std=c++17")
+        .flag("-D_GLIBCXX_USE_CXX11_ABI=1")
+        .flag("-DGLOG_USE_GLOG_EXPORT")
+        .file("src/trace/shim.cpp")
+        .compile("weightmap_shim");
+
+    println!("cargo:rustc-link-search=native={}", lib_dir.display());
+    // The binary, tests and examples find libtorch at run time without LD_LIBRARY_PATH.
+    println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib_dir.display());
+    // `--as-needed` (rustc's default) drops libtorch_cuda.so because nothing references
+    // it directly; without it CUDA silently reports unavailable. Link it again with
+    // --no-as-needed so its DT_NEEDED entry stays.
+    if lib_dir.join("libtorch_cuda.so").exists() {
+        println!("cargo:rustc-link-arg=-Wl,--no-as-needed,-ltorch_cuda,--as-needed");
+    }
+    for lib in ["torch_cpu", "torch", "c10"] {
+        println!("cargo:rustc-link-lib=dylib={lib}");
+    }
+}

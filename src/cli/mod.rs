@@ -1,0 +1,18 @@
+//! Subcommands of the `weightmap` binary, one file each.
+
+pub mod apply;
+pub mod explain;
+pub mod inspect;
+pub mod map;
+pub mod report;
+pub mod trace;
+pub mod tree;
+pub mod verify;
+
+/// Exit status for an error: 2 for bad arguments, 1 for everything else.
+pub fn exit_code(e: &anyhow::Error) -> i32 {
+    match e.downcast_ref::<weightmap::Error>() {
+        Some(weightmap::Error::InvalidArgument { .. }) => 2,
+        _ => 1,
+    }
+}

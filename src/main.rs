@@ -1,0 +1,51 @@
+//! The `weightmap` command line: parses flags, calls the library, prints.
+//! Each subcommand lives in `src/cli/<name>.rs` with its flags and its printing.
+
+mod cli;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "weightmap", version, about = "Map the weights of one PyTorch model onto another")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show a checkpoint's or model's format, state dict, prefixes, counts and module tree.
+    Inspect(cli::inspect::Args),
+    /// Work out which source tensor goes to which target tensor, and why.
+    Map(cli::map::Args),
+    /// Record the execution order of a TorchScript model's parameters and buffers.
+    Trace(cli::trace::Args),
+    /// Write the adapted checkpoint under the target's names.
+    Apply(cli::apply::Args),
+    /// Load a checkpoint into a TorchScript target and run it.
+    Verify(cli::verify::Args),
+    /// Show module hierarchies side by side.
+    Tree(cli::tree::Args),
+    /// Explain the score of one source tensor against its candidates.
+    Explain(cli::explain::Args),
+    /// Write a self-contained HTML report of a mapping.
+    Report(cli::report::Args),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Inspect(a) => cli::inspect::run(a),
+        Command::Map(a) => cli::map::run(a),
+        Command::Trace(a) => cli::trace::run(a),
+        Command::Apply(a) => cli::apply::run(a),
+        Command::Verify(a) => cli::verify::run(a),
+        Command::Tree(a) => cli::tree::run(a),
+        Command::Explain(a) => cli::explain::run(a),
+        Command::Report(a) => cli::report::run(a),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(cli::exit_code(&e));
+    }
+}

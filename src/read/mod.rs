@@ -1,0 +1,168 @@
+//! The read stage: turns a file of any supported format into a [`ModelSpec`] without
+//! reading tensor data.
+//!
+//! The format is detected from the content, never from the extension:
+//! a zip with `data.pkl` is a `torch.save` checkpoint, a zip with `constants.pkl` or
+//! `code/` is a TorchScript archive, an 8-byte length followed by `{` is safetensors,
+//! and JSON is either a sharded-safetensors index (`weight_map`) or a model spec.
+
+pub mod pickle;
+pub mod safetensors;
+pub mod torch_zip;
+pub mod torchscript;
+
+use crate::error::{Error, Result};
+use crate::normalize;
+use crate::spec::{Format, ModelSpec};
+use std::io::Read;
+use std::path::Path;
+
+/// Options for reading a model.
+#[derive(Debug, Clone, Default)]
+pub struct ReadOptions {
+    /// Pick this nested dict as the state dict instead of the detected one
+    /// (e.g. `state_dict_ema`). Dotted paths reach deeper dicts (`model.ema`).
+    pub state_dict_key: Option<String>,
+    /// Keep wrapper prefixes (`module.`, `_orig_mod.`, ...) instead of stripping them.
+    pub keep_prefixes: bool,
+}
+
+/// Size of the prefix read to detect a file's format.
+const SNIFF_BYTES: usize = 64;
+
+/// Detects the format of `path` from its first bytes and, for zips, its entry names.
+pub fn detect_format(path: &Path) -> Result<Format> {
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    if meta.is_dir() {
+        return Err(Error::UnknownFormat {
+            path: path.into(),
+            message: "is a directory; give a checkpoint, a TorchScript model, a safetensors file or its *.safetensors.index.json".into(),
+        });
+    }
+    if meta.len() == 0 {
+        return Err(Error::UnknownFormat { path: path.into(), message: "the file is empty".into() });
+    }
+    let mut head = vec![0u8; SNIFF_BYTES.min(meta.len() as usize)];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut head))
+        .map_err(|e| Error::io(path, e))?;
+
+    if head.starts_with(b"PK\x03\x04") || head.starts_with(b"PK\x05\x06") {
+        return torch_zip::classify_zip(path);
+    }
+    if head.len() >= 9 && head[8] == b'{' {
+        let n = u64::from_le_bytes(head[..8].try_into().unwrap());
+        if n >= 2 && n <= meta.len() - 8 {
+            return Ok(Format::Safetensors);
+        }
+        return Err(Error::corrupt(
+            path,
+            "safetensors",
+            format!("header declares {n} bytes but the file has {} after the length prefix (truncated?)", meta.len() - 8),
+        ));
+    }
+    let first = head.iter().find(|b| !b.is_ascii_whitespace()).copied();
+    if first == Some(b'{') {
+        return json_kind(path);
+    }
+    if head.starts_with(&[0x80]) && head.len() > 1 && (2..=5).contains(&head[1]) {
+        return Ok(Format::TorchLegacy);
+    }
+    Err(Error::UnknownFormat {
+        path: path.into(),
+        message: "not a torch.save checkpoint, TorchScript archive, safetensors file, safetensors index or model spec JSON".into(),
+    })
+}
+
+/// Largest JSON file (index or model spec) read whole; model specs of 100k tensors are ~30 MB.
+pub const MAX_JSON_BYTES: u64 = 1 << 30;
+
+fn json_kind(path: &Path) -> Result<Format> {
+    let value = read_json(path)?;
+    if value.get("weight_map").is_some() {
+        Ok(Format::SafetensorsSharded)
+    } else if value.get("tensors").map(|t| t.is_array()).unwrap_or(false) {
+        Ok(Format::SpecJson)
+    } else {
+        Err(Error::UnknownFormat {
+            path: path.into(),
+            message: "JSON but neither a safetensors index (no \"weight_map\") nor a model spec (no \"tensors\" list)".into(),
+        })
+    }
+}
+
+/// Reads a JSON file whole, bounded by [`MAX_JSON_BYTES`].
+pub(crate) fn read_json(path: &Path) -> Result<serde_json::Value> {
+    let len = std::fs::metadata(path).map_err(|e| Error::io(path, e))?.len();
+    if len > MAX_JSON_BYTES {
+        return Err(Error::corrupt(path, "JSON", format!("{len} bytes is larger than the {MAX_JSON_BYTES}-byte limit")));
+    }
+    let text = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    serde_json::from_slice(&text).map_err(|e| Error::corrupt(path, "JSON", e.to_string()))
+}
+
+/// Reads `path` into a model spec (names, shapes, dtypes, order), then strips wrapper
+/// prefixes unless `options.keep_prefixes`.
+pub fn read_model(path: &Path, options: &ReadOptions) -> Result<ModelSpec> {
+    let format = detect_format(path)?;
+    let mut spec = match format {
+        Format::TorchZip => torch_zip::read(path, options.state_dict_key.as_deref())?,
+        Format::TorchLegacy => {
+            return Err(Error::Unsupported {
+                path: path.into(),
+                message: "legacy (pre-1.6, non-zip) torch.save format; re-save it with torch.save(torch.load(f), f2) in a recent PyTorch".into(),
+            })
+        }
+        Format::Safetensors => safetensors::read(path)?,
+        Format::SafetensorsSharded => safetensors::read_sharded(path)?,
+        Format::TorchScript => torchscript::read(path)?,
+        Format::SpecJson => read_spec_json(path)?,
+    };
+    if !options.keep_prefixes {
+        normalize::strip_wrapper_prefixes(&mut spec);
+    }
+    Ok(spec)
+}
+
+/// Reads a model spec JSON (as written by `weightmap inspect --json`, or by hand with at
+/// least `tensors: [{name, shape, dtype}]`).
+pub fn read_spec_json(path: &Path) -> Result<ModelSpec> {
+    let value = read_json(path)?;
+    let tensors = value.get("tensors").and_then(|t| t.as_array()).ok_or_else(|| {
+        Error::corrupt(path, "model spec JSON", "no \"tensors\" list")
+    })?;
+    let mut spec = ModelSpec {
+        path: path.display().to_string(),
+        format: Format::SpecJson,
+        state_dict_key: None,
+        alternatives: vec![],
+        stripped_prefixes: vec![],
+        tensors: Vec::with_capacity(tensors.len()),
+    };
+    for (i, t) in tensors.iter().enumerate() {
+        let bad = |what: &str| Error::corrupt(path, "model spec JSON", format!("tensors[{i}]: {what}"));
+        let name = t.get("name").and_then(|v| v.as_str()).ok_or_else(|| bad("no \"name\" string"))?;
+        let shape = t
+            .get("shape")
+            .and_then(|v| v.as_array())
+            .ok_or_else(|| bad("no \"shape\" list"))?
+            .iter()
+            .map(|d| d.as_i64().filter(|&d| d >= 0).ok_or_else(|| bad("shape entries must be non-negative integers")))
+            .collect::<Result<Vec<_>>>()?;
+        let dtype = t.get("dtype").and_then(|v| v.as_str()).unwrap_or("float32");
+        let kind = match t.get("kind").and_then(|v| v.as_str()) {
+            Some("parameter") => crate::spec::TensorKind::Parameter,
+            Some("buffer") => crate::spec::TensorKind::Buffer,
+            _ => crate::spec::TensorKind::Unknown,
+        };
+        let mut info = crate::spec::TensorInfo::new(name, shape, dtype, kind, i);
+        if let Some(p) = t.get("persistent").and_then(|v| v.as_bool()) {
+            info.persistent = p;
+        }
+        if let Some(tied) = t.get("tied_to").and_then(|v| v.as_str()) {
+            info.tied_to = Some(tied.to_string());
+        }
+        spec.tensors.push(info);
+    }
+    Ok(spec)
+}

@@ -105,6 +105,12 @@ pub(crate) fn read_json(path: &Path) -> Result<serde_json::Value> {
 /// prefixes unless `options.keep_prefixes`.
 pub fn read_model(path: &Path, options: &ReadOptions) -> Result<ModelSpec> {
     let format = detect_format(path)?;
+    if let (Some(key), false) = (&options.state_dict_key, matches!(format, Format::TorchZip)) {
+        return Err(Error::invalid(
+            "--state-dict-key",
+            format!("'{key}' given, but {} is {} with one flat state dict; drop the option", path.display(), format.name()),
+        ));
+    }
     let mut spec = match format {
         Format::TorchZip => torch_zip::read(path, options.state_dict_key.as_deref())?,
         Format::TorchLegacy => {

@@ -1,0 +1,577 @@
+//! `torch.save` zip checkpoints (`.pth`, `.pt`, `.bin`, Lightning `.ckpt`): the pickle
+//! and the zip's central directory only, never tensor data.
+//!
+//! Layout written by `torch.serialization._save` (PyTorch ≥ 1.6): a zip (stored, not
+//! compressed) whose entries all sit in one folder of arbitrary name (`archive/`, or the
+//! file's stem): `<prefix>/data.pkl` is the pickled object tree, `<prefix>/data/<key>`
+//! holds the bytes of storage `<key>`, plus `<prefix>/byteorder`, `<prefix>/version`,
+//! `<prefix>/.data/serialization_id` and friends. Tensors in `data.pkl` refer to their
+//! storage by persistent id (see [`super::pickle`]).
+//!
+//! [`open`] returns the parsed [`TorchArchive`] (entries, storage records, `data.pkl`
+//! bytes, the parsed pickle, the chosen state dict and its tensors with the byte span of
+//! each key), which the apply stage uses to rewrite a checkpoint; [`read`] turns it into
+//! a [`ModelSpec`].
+
+use super::pickle::{self, Pickle, TensorRef, Value};
+use crate::error::{Error, Result};
+use crate::spec::{dtype_size, DataLocation, Format, ModelSpec, TensorInfo, TensorKind};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::io::Read;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+const FORMAT: &str = "torch.save zip";
+
+/// Largest `data.pkl` read into memory. The pickle holds only structure (about 100
+/// bytes a tensor), so even checkpoints with millions of tensors stay well below this.
+pub const MAX_DATA_PKL_BYTES: u64 = 512 << 20;
+
+/// Keys under which checkpoints keep their state dict, most likely first: Lightning
+/// (`state_dict`), common training scripts (`model`, `model_state_dict`, `module`,
+/// `net`) and EMA weights (`ema`, `state_dict_ema`, `model_ema`).
+pub const STATE_DICT_KEYS: &[&str] = &[
+    "state_dict",
+    "model",
+    "model_state_dict",
+    "module",
+    "ema",
+    "state_dict_ema",
+    "model_ema",
+    "net",
+];
+
+/// Keys of training state that are never the model's state dict, and are not searched
+/// (Lightning callbacks keep dicts of metric tensors, optimizers keep moment tensors).
+pub const NON_MODEL_KEYS: &[&str] = &[
+    "optimizer",
+    "optimizers",
+    "optimizer_states",
+    "optimizer_state_dict",
+    "lr_schedulers",
+    "scheduler",
+    "callbacks",
+    "loops",
+    "hyper_parameters",
+    "hparams",
+];
+
+/// How many dict levels below the top are searched for a state dict.
+pub const SEARCH_DEPTH: usize = 3;
+
+/// How a state dict that is not at the top level is named in `alternatives`, and the
+/// key that picks the top level (`--state-dict-key .`).
+pub const TOP_LEVEL_KEY: &str = ".";
+
+/// One entry of the zip's central directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArchiveEntry {
+    /// The full entry name (`archive/data/0`).
+    pub name: String,
+    /// Uncompressed size in bytes.
+    pub size: u64,
+    /// Compressed size in bytes (equal to `size` for stored entries, as torch writes).
+    pub compressed_size: u64,
+    /// Whether the entry is stored uncompressed (then its bytes are `data_start ..
+    /// data_start + size` of the file and can be copied or mapped directly).
+    pub stored: bool,
+    /// Offset of the entry's data in the file (after its local header).
+    pub data_start: u64,
+}
+
+/// A storage record, `<prefix>/data/<key>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StorageRecord {
+    /// The storage key (the persistent id's key).
+    pub key: String,
+    /// Index into [`TorchArchive::entries`].
+    pub entry: usize,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// One tensor of the chosen state dict.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateDictEntry {
+    /// The key exactly as written in the file.
+    pub key: String,
+    /// Byte span, in `data.pkl`, of the opcode that pushed the key string: pass it with
+    /// the new name to [`pickle::rewrite_strings`] to rename the key in place.
+    pub key_span: Option<Range<usize>>,
+    /// Whether the key string is also used elsewhere in the pickle through the memo;
+    /// [`pickle::rewrite_strings`] handles it (keeps the other uses), this only says so.
+    pub key_shared: bool,
+    /// The tensor: storage, dtype, offset (in elements of `tensor.dtype`), shape, stride.
+    pub tensor: TensorRef,
+    /// Index of the earlier entry this one shares storage, offset, shape and stride with.
+    pub tied_to: Option<usize>,
+}
+
+/// A parsed `torch.save` archive: everything the apply stage needs to rewrite it.
+#[derive(Debug, Clone)]
+pub struct TorchArchive {
+    /// The file.
+    pub path: PathBuf,
+    /// The folder all entries sit in (`archive`), without the slash; empty if none.
+    pub prefix: String,
+    /// Every zip entry, in central-directory order.
+    pub entries: Vec<ArchiveEntry>,
+    /// The storage records (`<prefix>/data/<key>`), in entry order.
+    pub records: Vec<StorageRecord>,
+    /// Content of `<prefix>/byteorder` (`little`/`big`), when present.
+    pub byteorder: Option<String>,
+    /// The bytes of `<prefix>/data.pkl`.
+    pub data_pkl: Vec<u8>,
+    /// The parsed `data.pkl`.
+    pub pickle: Pickle,
+    /// Path of dict keys from the top level to the state dict (empty: the top level).
+    pub state_dict_path: Vec<String>,
+    /// The state dict's key as reported (`state_dict_path` joined with dots), or
+    /// `None` for the top level.
+    pub state_dict_key: Option<String>,
+    /// Other dicts that look like state dicts ([`TOP_LEVEL_KEY`] for the top level).
+    pub alternatives: Vec<String>,
+    /// The tensors of the state dict, in file order.
+    pub tensors: Vec<StateDictEntry>,
+    /// Keys of the state dict whose values are not tensors (`_extra_state`, ...).
+    pub skipped: Vec<String>,
+}
+
+impl TorchArchive {
+    /// The zip entry name of `rel` inside the archive folder (`data.pkl` →
+    /// `archive/data.pkl`).
+    pub fn entry_name(&self, rel: &str) -> String {
+        if self.prefix.is_empty() {
+            rel.to_string()
+        } else {
+            format!("{}/{rel}", self.prefix)
+        }
+    }
+
+    /// The storage record with key `key`.
+    pub fn record(&self, key: &str) -> Option<&StorageRecord> {
+        self.records.iter().find(|r| r.key == key)
+    }
+
+    /// The model spec of the chosen state dict (names as written; not normalized).
+    pub fn to_spec(&self) -> ModelSpec {
+        let mut tensors = Vec::with_capacity(self.tensors.len());
+        for (i, e) in self.tensors.iter().enumerate() {
+            let t = &e.tensor;
+            let mut info =
+                TensorInfo::new(&e.key, t.shape.clone(), &t.dtype, TensorKind::Unknown, i);
+            info.tied_to = e.tied_to.map(|j| self.tensors[j].key.clone());
+            // `offset` counts elements of the tensor's dtype; for an untyped (byte)
+            // storage (`_rebuild_tensor_v3`) that is not the storage's own type.
+            let storage_dtype = if t.storage.storage_type == "UntypedStorage" {
+                &t.dtype
+            } else {
+                &t.storage.dtype
+            };
+            info.location = Some(DataLocation::TorchStorage {
+                key: t.storage.key.clone(),
+                storage_dtype: storage_dtype.clone(),
+                offset: t.offset,
+                stride: t.stride.clone(),
+            });
+            tensors.push(info);
+        }
+        ModelSpec {
+            path: self.path.display().to_string(),
+            format: Format::TorchZip,
+            state_dict_key: self.state_dict_key.clone(),
+            alternatives: self.alternatives.clone(),
+            stripped_prefixes: vec![],
+            tensors,
+        }
+    }
+}
+
+/// Tells a `torch.save` zip from a TorchScript archive by its entry names.
+pub fn classify_zip(path: &Path) -> Result<Format> {
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let zip = zip::ZipArchive::new(file).map_err(|e| Error::corrupt(path, "zip", e.to_string()))?;
+    let names: Vec<&str> = zip.file_names().collect();
+    if names
+        .iter()
+        .any(|n| n.ends_with("/constants.pkl") || n.contains("/code/"))
+    {
+        Ok(Format::TorchScript)
+    } else if names.iter().any(|n| n.ends_with("data.pkl")) {
+        Ok(Format::TorchZip)
+    } else {
+        Err(Error::UnknownFormat {
+            path: path.into(),
+            message: "a zip archive without data.pkl: not a torch.save checkpoint".into(),
+        })
+    }
+}
+
+/// Reads a `torch.save` zip checkpoint's state dict (see [`open`]).
+pub fn read(path: &Path, state_dict_key: Option<&str>) -> Result<ModelSpec> {
+    Ok(open(path, state_dict_key)?.to_spec())
+}
+
+/// Opens a `torch.save` zip: reads the central directory and `data.pkl` (never the
+/// storage records), finds the state dict (`state_dict_key` picks another: a dotted
+/// path such as `ema` or `model.ema`, or [`TOP_LEVEL_KEY`]), and checks that every
+/// tensor's storage record exists and is large enough.
+pub fn open(path: &Path, state_dict_key: Option<&str>) -> Result<TorchArchive> {
+    let corrupt = |m: String| Error::corrupt(path, FORMAT, m);
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    let mut zip =
+        zip::ZipArchive::new(file).map_err(|e| corrupt(format!("unreadable zip: {e}")))?;
+
+    let mut entries = Vec::with_capacity(zip.len());
+    for i in 0..zip.len() {
+        let f = zip
+            .by_index_raw(i)
+            .map_err(|e| corrupt(format!("zip entry {i}: {e}")))?;
+        let entry = ArchiveEntry {
+            name: f.name().to_string(),
+            size: f.size(),
+            compressed_size: f.compressed_size(),
+            stored: f.compression() == zip::CompressionMethod::Stored,
+            data_start: f.data_start(),
+        };
+        if entry
+            .data_start
+            .checked_add(entry.compressed_size)
+            .is_none_or(|end| end > file_len)
+        {
+            return Err(corrupt(format!(
+                "entry {} ends past the end of the file ({} bytes; truncated?)",
+                entry.name, file_len
+            )));
+        }
+        entries.push(entry);
+    }
+
+    let pkl_index = entries
+        .iter()
+        .position(|e| {
+            e.name == "data.pkl"
+                || e.name
+                    .strip_suffix("/data.pkl")
+                    .is_some_and(|p| !p.contains('/'))
+        })
+        .ok_or_else(|| Error::UnknownFormat {
+            path: path.into(),
+            message: "a zip without <folder>/data.pkl: not a torch.save checkpoint".into(),
+        })?;
+    let prefix = entries[pkl_index]
+        .name
+        .strip_suffix("data.pkl")
+        .unwrap_or("")
+        .trim_end_matches('/')
+        .to_string();
+    if entries[pkl_index].size > MAX_DATA_PKL_BYTES {
+        return Err(corrupt(format!(
+            "data.pkl declares {} bytes, more than the {MAX_DATA_PKL_BYTES}-byte limit",
+            entries[pkl_index].size
+        )));
+    }
+    let data_pkl = read_entry(&mut zip, pkl_index, MAX_DATA_PKL_BYTES)
+        .map_err(|m| corrupt(format!("data.pkl: {m}")))?;
+    let byteorder = match entries
+        .iter()
+        .position(|e| e.name == join(&prefix, "byteorder"))
+    {
+        Some(i) => {
+            let b = read_entry(&mut zip, i, 16).map_err(|m| corrupt(format!("byteorder: {m}")))?;
+            Some(String::from_utf8_lossy(&b).trim().to_string())
+        }
+        None => None,
+    };
+
+    let data_dir = join(&prefix, "data/");
+    let records: Vec<StorageRecord> = entries
+        .iter()
+        .enumerate()
+        .filter_map(|(i, e)| {
+            let key = e.name.strip_prefix(&data_dir)?;
+            (!key.is_empty() && !key.contains('/')).then(|| StorageRecord {
+                key: key.to_string(),
+                entry: i,
+                size: e.size,
+            })
+        })
+        .collect();
+
+    let pickle = pickle::parse(&data_pkl).map_err(|e| corrupt(format!("data.pkl: {e}")))?;
+    let choice = choose_state_dict(&pickle, path, state_dict_key)?;
+
+    let mut tensors = Vec::new();
+    let mut skipped = Vec::new();
+    let mut seen: HashMap<ViewKey, usize> = HashMap::new();
+    let items = pickle.dict(choice.value).unwrap_or(&[]);
+    for &(k, v) in items {
+        let Some(key) = pickle.str(k) else {
+            skipped.push(format!("{k:?}"));
+            continue;
+        };
+        let Some(tensor) = pickle.tensor(v) else {
+            skipped.push(key.to_string());
+            continue;
+        };
+        let span = pickle.string_span(k);
+        let index = tensors.len();
+        let tied_to = match seen.entry((
+            &tensor.storage.key,
+            tensor.offset,
+            &tensor.shape,
+            &tensor.stride,
+        )) {
+            std::collections::hash_map::Entry::Occupied(e) => Some(*e.get()),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(index);
+                None
+            }
+        };
+        tensors.push(StateDictEntry {
+            key: key.to_string(),
+            key_span: span.as_ref().map(|s| s.span.clone()),
+            key_shared: span.is_some_and(|s| s.shared),
+            tensor: tensor.clone(),
+            tied_to,
+        });
+    }
+
+    // Every tensor must fit in its storage record; checked from the central directory.
+    let sizes: HashMap<&str, u64> = records.iter().map(|r| (r.key.as_str(), r.size)).collect();
+    for e in &tensors {
+        let t = &e.tensor;
+        let record = join(&prefix, &format!("data/{}", t.storage.key));
+        let Some(&have) = sizes.get(t.storage.key.as_str()) else {
+            return Err(corrupt(format!(
+                "tensor '{}' refers to storage record {record}, which the archive does not contain",
+                e.key
+            )));
+        };
+        let need = required_bytes(t).ok_or_else(|| {
+            corrupt(format!(
+                "tensor '{}': shape {:?} with stride {:?} overflows",
+                e.key, t.shape, t.stride
+            ))
+        })?;
+        if need > have {
+            return Err(corrupt(format!(
+                "tensor '{}' needs {need} bytes of storage record {record}, which has {have} (truncated or corrupt archive)",
+                e.key
+            )));
+        }
+    }
+
+    Ok(TorchArchive {
+        path: path.to_path_buf(),
+        prefix,
+        entries,
+        records,
+        byteorder,
+        data_pkl,
+        state_dict_key: if choice.path.is_empty() {
+            None
+        } else {
+            Some(choice.path.join("."))
+        },
+        state_dict_path: choice.path,
+        alternatives: choice.alternatives,
+        pickle,
+        tensors,
+        skipped,
+    })
+}
+
+/// What makes two tensors the same view: storage key, offset, shape, stride.
+type ViewKey<'a> = (&'a str, u64, &'a [i64], &'a [i64]);
+
+fn join(prefix: &str, rel: &str) -> String {
+    if prefix.is_empty() {
+        rel.to_string()
+    } else {
+        format!("{prefix}/{rel}")
+    }
+}
+
+fn read_entry(
+    zip: &mut zip::ZipArchive<std::fs::File>,
+    index: usize,
+    limit: u64,
+) -> std::result::Result<Vec<u8>, String> {
+    let f = zip.by_index(index).map_err(|e| e.to_string())?;
+    let mut buf = Vec::with_capacity(f.size().min(limit) as usize);
+    f.take(limit + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| e.to_string())?;
+    if buf.len() as u64 > limit {
+        return Err(format!("larger than the {limit}-byte limit"));
+    }
+    Ok(buf)
+}
+
+/// Bytes of storage a tensor view reaches: (offset + 1 + Σ (size−1)·stride) elements,
+/// or none for an empty tensor. `None` on overflow.
+pub fn required_bytes(t: &TensorRef) -> Option<u64> {
+    let elem = dtype_size(&t.dtype).max(1) as u128;
+    if t.shape.contains(&0) {
+        return Some(0);
+    }
+    let mut last: u128 = t.offset as u128;
+    for (&n, &s) in t.shape.iter().zip(&t.stride) {
+        last = last.checked_add((n as u128 - 1).checked_mul(s as u128)?)?;
+    }
+    u64::try_from((last + 1).checked_mul(elem)?).ok()
+}
+
+/// A dict found while searching for the state dict.
+struct Candidate {
+    path: Vec<String>,
+    value: Value,
+    tensors: usize,
+    entries: usize,
+}
+
+impl Candidate {
+    fn name(&self) -> String {
+        if self.path.is_empty() {
+            TOP_LEVEL_KEY.to_string()
+        } else {
+            self.path.join(".")
+        }
+    }
+    /// "Mostly tensors": at least half the values (state dicts may hold `_extra_state`).
+    fn looks_like_state_dict(&self) -> bool {
+        self.tensors > 0 && self.tensors * 2 >= self.entries
+    }
+    fn rank(&self) -> (usize, usize) {
+        let last = self.path.last().map(String::as_str);
+        let priority = match last {
+            None => 0,
+            Some(k) => {
+                1 + STATE_DICT_KEYS
+                    .iter()
+                    .position(|p| *p == k)
+                    .unwrap_or(STATE_DICT_KEYS.len())
+            }
+        };
+        (priority, self.path.len())
+    }
+}
+
+struct Choice {
+    path: Vec<String>,
+    value: Value,
+    alternatives: Vec<String>,
+}
+
+/// Every dict reachable from the top level through string keys, breadth first, at most
+/// [`SEARCH_DEPTH`] levels down, each dict once (pickles may share or nest dicts in cycles).
+fn find_dicts(p: &Pickle) -> Vec<Candidate> {
+    let mut out = Vec::new();
+    let mut visited = HashSet::new();
+    let mut queue = VecDeque::from([(p.root(), Vec::<String>::new())]);
+    while let Some((value, path)) = queue.pop_front() {
+        let (Some(items), Value::Node(id)) = (p.dict(value), value) else {
+            continue;
+        };
+        if !visited.insert(id) {
+            continue;
+        }
+        let tensors = items.iter().filter(|(_, v)| p.tensor(*v).is_some()).count();
+        if path.len() < SEARCH_DEPTH {
+            for &(k, v) in items {
+                if let (Some(key), Some(_)) = (p.str(k), p.dict(v)) {
+                    if !NON_MODEL_KEYS.contains(&key) {
+                        let mut child = path.clone();
+                        child.push(key.to_string());
+                        queue.push_back((v, child));
+                    }
+                }
+            }
+        }
+        out.push(Candidate {
+            path,
+            value,
+            tensors,
+            entries: items.len(),
+        });
+    }
+    out
+}
+
+fn choose_state_dict(p: &Pickle, path: &Path, wanted: Option<&str>) -> Result<Choice> {
+    let dicts = find_dicts(p);
+    let mut candidates: Vec<&Candidate> =
+        dicts.iter().filter(|c| c.looks_like_state_dict()).collect();
+    candidates.sort_by_key(|c| c.rank());
+    let names: Vec<String> = candidates.iter().map(|c| c.name()).collect();
+
+    if let Some(wanted) = wanted {
+        let found = dicts.iter().find(|c| c.tensors > 0 && c.name() == wanted);
+        let Some(c) = found else {
+            let hint = if names.is_empty() {
+                "; this file has no dict of tensors".to_string()
+            } else {
+                format!("; dicts of tensors in this file: {}", names.join(", "))
+            };
+            return Err(Error::MissingKey {
+                context: path.display().to_string(),
+                key: wanted.to_string(),
+                hint,
+            });
+        };
+        let alternatives = names.into_iter().filter(|n| *n != c.name()).collect();
+        return Ok(Choice {
+            path: c.path.clone(),
+            value: c.value,
+            alternatives,
+        });
+    }
+
+    if let Some(first) = candidates.first() {
+        return Ok(Choice {
+            path: first.path.clone(),
+            value: first.value,
+            alternatives: names[1..].to_vec(),
+        });
+    }
+    let root = p.root();
+    match p.dict(root) {
+        // `torch.save({})`: an empty state dict.
+        Some([]) => Ok(Choice {
+            path: vec![],
+            value: root,
+            alternatives: vec![],
+        }),
+        Some(items) => {
+            let keys: Vec<String> = items
+                .iter()
+                .take(12)
+                .map(|(k, _)| p.str(*k).map_or_else(|| p.type_name(*k), str::to_string))
+                .collect();
+            Err(Error::Unsupported {
+                path: path.into(),
+                message: format!(
+                    "no state dict found: the top-level dict (keys: {}{}) holds no dict of tensors within {SEARCH_DEPTH} levels",
+                    keys.join(", "),
+                    if items.len() > keys.len() { ", ..." } else { "" }
+                ),
+            })
+        }
+        None => {
+            let what = p.type_name(root);
+            let message = if p.tensor(root).is_some() {
+                "the file holds a single tensor, not a state dict".to_string()
+            } else if matches!(p.node(root), Some(pickle::Node::Object(_))) {
+                format!("the file holds a pickled {what} object, not a state dict (saved with torch.save(model)?); save model.state_dict() instead")
+            } else {
+                format!("the file holds a {what}, not a state dict")
+            };
+            Err(Error::Unsupported {
+                path: path.into(),
+                message,
+            })
+        }
+    }
+}

@@ -22,7 +22,10 @@ fn main() {
         .join("lib"),
     };
     let lib_dir = lib_dir.canonicalize().unwrap_or(lib_dir);
-    let root = lib_dir.parent().expect("libtorch lib dir has a parent").to_path_buf();
+    let root = lib_dir
+        .parent()
+        .expect("libtorch lib dir has a parent")
+        .to_path_buf();
 
     cc::Build::new()
         .cpp(true)
@@ -33,6 +36,10 @@ fn main() {
         .flag("-std=c++17")
         .flag("-D_GLIBCXX_USE_CXX11_ABI=1")
         .flag("-DGLOG_USE_GLOG_EXPORT")
+        // libtorch is a release build: some of its classes have debug-only members under
+        // `#ifndef NDEBUG` (at::RecordFunction::inputs_valid_), so the shim must see the
+        // same layout and the same (absent) debug assertions.
+        .define("NDEBUG", None)
         .file("src/trace/shim.cpp")
         .compile("weightmap_shim");
 

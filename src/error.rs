@@ -82,16 +82,30 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     /// An I/O error on `path`.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { path: path.into(), source }
+        Error::Io {
+            path: path.into(),
+            source,
+        }
     }
 
     /// A corrupt-file error on `path` for `format`.
-    pub fn corrupt(path: impl Into<PathBuf>, format: &'static str, message: impl Into<String>) -> Self {
-        Error::Corrupt { path: path.into(), format, message: message.into() }
+    pub fn corrupt(
+        path: impl Into<PathBuf>,
+        format: &'static str,
+        message: impl Into<String>,
+    ) -> Self {
+        Error::Corrupt {
+            path: path.into(),
+            format,
+            message: message.into(),
+        }
     }
 
     /// An invalid-argument error.
     pub fn invalid(what: impl Into<String>, message: impl Into<String>) -> Self {
-        Error::InvalidArgument { what: what.into(), message: message.into() }
+        Error::InvalidArgument {
+            what: what.into(),
+            message: message.into(),
+        }
     }
 }

@@ -34,7 +34,11 @@ pub fn strip_wrapper_prefixes(spec: &mut ModelSpec) {
             strip(spec, p);
             continue;
         }
-        let with_model = spec.tensors.iter().filter(|t| t.name.starts_with(LIGHTNING_PREFIX)).count();
+        let with_model = spec
+            .tensors
+            .iter()
+            .filter(|t| t.name.starts_with(LIGHTNING_PREFIX))
+            .count();
         let share = with_model as f64 / spec.tensors.len() as f64;
         let lightning_dict = spec.state_dict_key.as_deref() == Some("state_dict");
         let partial = with_model < spec.tensors.len() && share >= LIGHTNING_MIN_SHARE;

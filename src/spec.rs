@@ -118,7 +118,13 @@ fn default_true() -> bool {
 
 impl TensorInfo {
     /// A tensor named `name` (already normalized) with derived module, leaf, numel and depth.
-    pub fn new(name: &str, shape: Vec<i64>, dtype: &str, kind: TensorKind, position: usize) -> Self {
+    pub fn new(
+        name: &str,
+        shape: Vec<i64>,
+        dtype: &str,
+        kind: TensorKind,
+        position: usize,
+    ) -> Self {
         let (module, leaf) = split_name(name);
         TensorInfo {
             name: name.to_string(),
@@ -126,7 +132,11 @@ impl TensorInfo {
             module: module.to_string(),
             leaf: leaf.to_string(),
             numel: shape.iter().map(|&d| d.max(0) as u64).product(),
-            depth: if module.is_empty() { 0 } else { module.split('.').count() },
+            depth: if module.is_empty() {
+                0
+            } else {
+                module.split('.').count()
+            },
             shape,
             dtype: dtype.to_string(),
             kind,
@@ -143,7 +153,11 @@ impl TensorInfo {
         self.name = name.to_string();
         self.module = module.to_string();
         self.leaf = leaf.to_string();
-        self.depth = if module.is_empty() { 0 } else { module.split('.').count() };
+        self.depth = if module.is_empty() {
+            0
+        } else {
+            module.split('.').count()
+        };
     }
 
     /// Bytes of data, from the dtype's element size.
@@ -219,7 +233,12 @@ pub struct ModuleNode {
 impl ModuleNode {
     /// Total number of tensors in this subtree.
     pub fn tensor_count(&self) -> usize {
-        self.tensors.len() + self.children.iter().map(|c| c.tensor_count()).sum::<usize>()
+        self.tensors.len()
+            + self
+                .children
+                .iter()
+                .map(|c| c.tensor_count())
+                .sum::<usize>()
     }
 }
 
@@ -230,7 +249,10 @@ impl ModelSpec {
         let mut groups: Vec<ModuleGroup> = Vec::new();
         for (i, t) in self.tensors.iter().enumerate() {
             let g = *index.entry(t.module.as_str()).or_insert_with(|| {
-                groups.push(ModuleGroup { module: t.module.clone(), tensors: Vec::new() });
+                groups.push(ModuleGroup {
+                    module: t.module.clone(),
+                    tensors: Vec::new(),
+                });
                 groups.len() - 1
             });
             groups[g].tensors.push(i);
@@ -240,25 +262,62 @@ impl ModelSpec {
 
     /// The module tree built from the dotted names, children in order of first appearance.
     pub fn module_tree(&self) -> ModuleNode {
-        let mut root = ModuleNode { name: String::new(), path: String::new(), tensors: vec![], children: vec![] };
+        // Built in an arena with a (parent, child name) index, so that wide modules (256
+        // experts, or thousands of top-level modules) cost O(1) per lookup, not O(children).
+        let mut arena = vec![ModuleNode {
+            name: String::new(),
+            path: String::new(),
+            tensors: vec![],
+            children: vec![],
+        }];
+        let mut kids: Vec<Vec<usize>> = vec![vec![]];
+        let mut index: std::collections::HashMap<(usize, &str), usize> =
+            std::collections::HashMap::new();
         for (i, t) in self.tensors.iter().enumerate() {
-            let mut node = &mut root;
+            let mut node = 0;
             if !t.module.is_empty() {
                 for part in t.module.split('.') {
-                    let pos = match node.children.iter().position(|c| c.name == part) {
-                        Some(p) => p,
+                    node = match index.get(&(node, part)) {
+                        Some(&c) => c,
                         None => {
-                            let path = if node.path.is_empty() { part.to_string() } else { format!("{}.{}", node.path, part) };
-                            node.children.push(ModuleNode { name: part.to_string(), path, tensors: vec![], children: vec![] });
-                            node.children.len() - 1
+                            let parent = &arena[node].path;
+                            let path = if parent.is_empty() {
+                                part.to_string()
+                            } else {
+                                format!("{parent}.{part}")
+                            };
+                            arena.push(ModuleNode {
+                                name: part.to_string(),
+                                path,
+                                tensors: vec![],
+                                children: vec![],
+                            });
+                            kids.push(vec![]);
+                            let c = arena.len() - 1;
+                            kids[node].push(c);
+                            index.insert((node, part), c);
+                            c
                         }
                     };
-                    node = &mut node.children[pos];
                 }
             }
-            node.tensors.push(i);
+            arena[node].tensors.push(i);
         }
-        root
+        // Children were created after their parents: assemble bottom-up.
+        let mut built: Vec<Option<ModuleNode>> = arena.into_iter().map(Some).collect();
+        for n in (0..built.len()).rev() {
+            let children: Vec<ModuleNode> =
+                kids[n].iter().filter_map(|&c| built[c].take()).collect();
+            if let Some(node) = built[n].as_mut() {
+                node.children = children;
+            }
+        }
+        built[0].take().unwrap_or(ModuleNode {
+            name: String::new(),
+            path: String::new(),
+            tensors: vec![],
+            children: vec![],
+        })
     }
 
     /// Index of the tensor named `name` (normalized name).

@@ -40,7 +40,10 @@ pub fn detect_format(path: &Path) -> Result<Format> {
         });
     }
     if meta.len() == 0 {
-        return Err(Error::UnknownFormat { path: path.into(), message: "the file is empty".into() });
+        return Err(Error::UnknownFormat {
+            path: path.into(),
+            message: "the file is empty".into(),
+        });
     }
     let mut head = vec![0u8; SNIFF_BYTES.min(meta.len() as usize)];
     std::fs::File::open(path)
@@ -93,9 +96,15 @@ fn json_kind(path: &Path) -> Result<Format> {
 
 /// Reads a JSON file whole, bounded by [`MAX_JSON_BYTES`].
 pub(crate) fn read_json(path: &Path) -> Result<serde_json::Value> {
-    let len = std::fs::metadata(path).map_err(|e| Error::io(path, e))?.len();
+    let len = std::fs::metadata(path)
+        .map_err(|e| Error::io(path, e))?
+        .len();
     if len > MAX_JSON_BYTES {
-        return Err(Error::corrupt(path, "JSON", format!("{len} bytes is larger than the {MAX_JSON_BYTES}-byte limit")));
+        return Err(Error::corrupt(
+            path,
+            "JSON",
+            format!("{len} bytes is larger than the {MAX_JSON_BYTES}-byte limit"),
+        ));
     }
     let text = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     serde_json::from_slice(&text).map_err(|e| Error::corrupt(path, "JSON", e.to_string()))
@@ -108,7 +117,11 @@ pub fn read_model(path: &Path, options: &ReadOptions) -> Result<ModelSpec> {
     if let (Some(key), false) = (&options.state_dict_key, matches!(format, Format::TorchZip)) {
         return Err(Error::invalid(
             "--state-dict-key",
-            format!("'{key}' given, but {} is {} with one flat state dict; drop the option", path.display(), format.name()),
+            format!(
+                "'{key}' given, but {} is {} with one flat state dict; drop the option",
+                path.display(),
+                format.name()
+            ),
         ));
     }
     let mut spec = match format {
@@ -134,9 +147,10 @@ pub fn read_model(path: &Path, options: &ReadOptions) -> Result<ModelSpec> {
 /// least `tensors: [{name, shape, dtype}]`).
 pub fn read_spec_json(path: &Path) -> Result<ModelSpec> {
     let value = read_json(path)?;
-    let tensors = value.get("tensors").and_then(|t| t.as_array()).ok_or_else(|| {
-        Error::corrupt(path, "model spec JSON", "no \"tensors\" list")
-    })?;
+    let tensors = value
+        .get("tensors")
+        .and_then(|t| t.as_array())
+        .ok_or_else(|| Error::corrupt(path, "model spec JSON", "no \"tensors\" list"))?;
     let mut spec = ModelSpec {
         path: path.display().to_string(),
         format: Format::SpecJson,
@@ -146,14 +160,22 @@ pub fn read_spec_json(path: &Path) -> Result<ModelSpec> {
         tensors: Vec::with_capacity(tensors.len()),
     };
     for (i, t) in tensors.iter().enumerate() {
-        let bad = |what: &str| Error::corrupt(path, "model spec JSON", format!("tensors[{i}]: {what}"));
-        let name = t.get("name").and_then(|v| v.as_str()).ok_or_else(|| bad("no \"name\" string"))?;
+        let bad =
+            |what: &str| Error::corrupt(path, "model spec JSON", format!("tensors[{i}]: {what}"));
+        let name = t
+            .get("name")
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| bad("no \"name\" string"))?;
         let shape = t
             .get("shape")
             .and_then(|v| v.as_array())
             .ok_or_else(|| bad("no \"shape\" list"))?
             .iter()
-            .map(|d| d.as_i64().filter(|&d| d >= 0).ok_or_else(|| bad("shape entries must be non-negative integers")))
+            .map(|d| {
+                d.as_i64()
+                    .filter(|&d| d >= 0)
+                    .ok_or_else(|| bad("shape entries must be non-negative integers"))
+            })
             .collect::<Result<Vec<_>>>()?;
         let dtype = t.get("dtype").and_then(|v| v.as_str()).unwrap_or("float32");
         let kind = match t.get("kind").and_then(|v| v.as_str()) {

@@ -97,16 +97,29 @@ pub fn read_header(path: &Path) -> Result<Header> {
         .map_err(|_| Error::corrupt(path, FORMAT, "shorter than the 8-byte header length"))?;
     let n = u64::from_le_bytes(len8);
     if n > MAX_HEADER_BYTES {
-        return Err(Error::corrupt(path, FORMAT, format!("header length {n} exceeds the {MAX_HEADER_BYTES}-byte limit")));
+        return Err(Error::corrupt(
+            path,
+            FORMAT,
+            format!("header length {n} exceeds the {MAX_HEADER_BYTES}-byte limit"),
+        ));
     }
     if n > file_len - 8 {
-        return Err(Error::corrupt(path, FORMAT, format!("header declares {n} bytes but only {} follow (truncated file?)", file_len - 8)));
+        return Err(Error::corrupt(
+            path,
+            FORMAT,
+            format!(
+                "header declares {n} bytes but only {} follow (truncated file?)",
+                file_len - 8
+            ),
+        ));
     }
     let mut buf = vec![0u8; n as usize];
     file.read_exact(&mut buf).map_err(|e| Error::io(path, e))?;
     let value: serde_json::Value = serde_json::from_slice(&buf)
         .map_err(|e| Error::corrupt(path, FORMAT, format!("header is not valid JSON: {e}")))?;
-    let obj = value.as_object().ok_or_else(|| Error::corrupt(path, FORMAT, "header is not a JSON object"))?;
+    let obj = value
+        .as_object()
+        .ok_or_else(|| Error::corrupt(path, FORMAT, "header is not a JSON object"))?;
     let data_len = file_len - 8 - n;
     let mut entries = Vec::with_capacity(obj.len());
     let mut metadata = None;
@@ -116,14 +129,23 @@ pub fn read_header(path: &Path) -> Result<Header> {
             continue;
         }
         let bad = |what: String| Error::corrupt(path, FORMAT, format!("tensor '{name}': {what}"));
-        let dtype = v.get("dtype").and_then(|d| d.as_str()).ok_or_else(|| bad("no dtype".into()))?;
-        let elem = torch_dtype(dtype).map(crate::spec::dtype_size).ok_or_else(|| bad(format!("unknown dtype {dtype}")))?;
+        let dtype = v
+            .get("dtype")
+            .and_then(|d| d.as_str())
+            .ok_or_else(|| bad("no dtype".into()))?;
+        let elem = torch_dtype(dtype)
+            .map(crate::spec::dtype_size)
+            .ok_or_else(|| bad(format!("unknown dtype {dtype}")))?;
         let shape: Vec<i64> = v
             .get("shape")
             .and_then(|s| s.as_array())
             .ok_or_else(|| bad("no shape".into()))?
             .iter()
-            .map(|d| d.as_u64().filter(|&d| d <= i64::MAX as u64).map(|d| d as i64))
+            .map(|d| {
+                d.as_u64()
+                    .filter(|&d| d <= i64::MAX as u64)
+                    .map(|d| d as i64)
+            })
             .collect::<Option<_>>()
             .ok_or_else(|| bad("shape entries must be non-negative integers".into()))?;
         let offs = v
@@ -136,24 +158,49 @@ pub fn read_header(path: &Path) -> Result<Header> {
             .iter()
             .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))
             .ok_or_else(|| bad("shape overflows".into()))?;
-        let nbytes = numel.checked_mul(elem as u64).ok_or_else(|| bad("size overflows".into()))?;
+        let nbytes = numel
+            .checked_mul(elem as u64)
+            .ok_or_else(|| bad("size overflows".into()))?;
         if offs.1 < offs.0 || offs.1 - offs.0 != nbytes {
-            return Err(bad(format!("data_offsets {:?} hold {} bytes but the shape needs {nbytes}", offs, offs.1.saturating_sub(offs.0))));
+            return Err(bad(format!(
+                "data_offsets {:?} hold {} bytes but the shape needs {nbytes}",
+                offs,
+                offs.1.saturating_sub(offs.0)
+            )));
         }
         if offs.1 > data_len {
-            return Err(bad(format!("data ends at byte {} but the data section has {data_len} (truncated file?)", offs.1)));
+            return Err(bad(format!(
+                "data ends at byte {} but the data section has {data_len} (truncated file?)",
+                offs.1
+            )));
         }
-        entries.push(HeaderEntry { name: name.clone(), dtype: dtype.to_string(), shape, data_offsets: offs });
+        entries.push(HeaderEntry {
+            name: name.clone(),
+            dtype: dtype.to_string(),
+            shape,
+            data_offsets: offs,
+        });
     }
     // The ranges must tile the data section: sort by offset and check for overlaps.
-    let mut ranges: Vec<(u64, u64, &str)> = entries.iter().map(|e| (e.data_offsets.0, e.data_offsets.1, e.name.as_str())).collect();
+    let mut ranges: Vec<(u64, u64, &str)> = entries
+        .iter()
+        .map(|e| (e.data_offsets.0, e.data_offsets.1, e.name.as_str()))
+        .collect();
     ranges.sort_unstable();
     for w in ranges.windows(2) {
         if w[1].0 < w[0].1 {
-            return Err(Error::corrupt(path, FORMAT, format!("tensors '{}' and '{}' overlap", w[0].2, w[1].2)));
+            return Err(Error::corrupt(
+                path,
+                FORMAT,
+                format!("tensors '{}' and '{}' overlap", w[0].2, w[1].2),
+            ));
         }
     }
-    Ok(Header { header_len: n, entries, metadata })
+    Ok(Header {
+        header_len: n,
+        entries,
+        metadata,
+    })
 }
 
 /// Reads a single safetensors file's header into a model spec (header order).
@@ -175,7 +222,13 @@ fn push_entries(spec: &mut ModelSpec, file: &Path, header: &Header) {
     let base = 8 + header.header_len;
     for e in &header.entries {
         let dtype = torch_dtype(&e.dtype).unwrap_or("unknown");
-        let mut t = TensorInfo::new(&e.name, e.shape.clone(), dtype, TensorKind::Unknown, spec.tensors.len());
+        let mut t = TensorInfo::new(
+            &e.name,
+            e.shape.clone(),
+            dtype,
+            TensorKind::Unknown,
+            spec.tensors.len(),
+        );
         t.location = Some(DataLocation::Safetensors {
             file: file.display().to_string(),
             start: base + e.data_offsets.0,
@@ -192,17 +245,31 @@ pub fn read_sharded(index_path: &Path) -> Result<ModelSpec> {
     let weight_map = value
         .get("weight_map")
         .and_then(|w| w.as_object())
-        .ok_or_else(|| Error::corrupt(index_path, "safetensors index", "\"weight_map\" is not an object"))?;
+        .ok_or_else(|| {
+            Error::corrupt(
+                index_path,
+                "safetensors index",
+                "\"weight_map\" is not an object",
+            )
+        })?;
     let dir = index_path.parent().unwrap_or(Path::new("."));
     // Shards in order of first mention, each header read once.
     let mut shards: Vec<(String, Header)> = Vec::new();
     let mut order: Vec<(String, usize)> = Vec::with_capacity(weight_map.len());
     for (name, shard) in weight_map {
-        let shard = shard
-            .as_str()
-            .ok_or_else(|| Error::corrupt(index_path, "safetensors index", format!("weight_map['{name}'] is not a file name")))?;
+        let shard = shard.as_str().ok_or_else(|| {
+            Error::corrupt(
+                index_path,
+                "safetensors index",
+                format!("weight_map['{name}'] is not a file name"),
+            )
+        })?;
         if shard.contains('/') || shard.contains('\\') || shard == ".." {
-            return Err(Error::corrupt(index_path, "safetensors index", format!("shard name '{shard}' must be a file beside the index")));
+            return Err(Error::corrupt(
+                index_path,
+                "safetensors index",
+                format!("shard name '{shard}' must be a file beside the index"),
+            ));
         }
         let si = match shards.iter().position(|(s, _)| s == shard) {
             Some(i) => i,
@@ -222,19 +289,32 @@ pub fn read_sharded(index_path: &Path) -> Result<ModelSpec> {
         stripped_prefixes: vec![],
         tensors: Vec::with_capacity(order.len()),
     };
-    let lookup: Vec<std::collections::HashMap<&str, &HeaderEntry>> =
-        shards.iter().map(|(_, h)| h.entries.iter().map(|e| (e.name.as_str(), e)).collect()).collect();
+    let lookup: Vec<std::collections::HashMap<&str, &HeaderEntry>> = shards
+        .iter()
+        .map(|(_, h)| h.entries.iter().map(|e| (e.name.as_str(), e)).collect())
+        .collect();
     for (name, si) in &order {
         let (shard, header) = &shards[*si];
-        let e = lookup[*si].get(name.as_str()).ok_or_else(|| Error::MissingKey {
-            context: dir.join(shard).display().to_string(),
-            key: name.clone(),
-            hint: format!(" (the index {} lists it in this shard)", index_path.display()),
-        })?;
+        let e = lookup[*si]
+            .get(name.as_str())
+            .ok_or_else(|| Error::MissingKey {
+                context: dir.join(shard).display().to_string(),
+                key: name.clone(),
+                hint: format!(
+                    " (the index {} lists it in this shard)",
+                    index_path.display()
+                ),
+            })?;
         let file = dir.join(shard);
         let base = 8 + header.header_len;
         let dtype = torch_dtype(&e.dtype).unwrap_or("unknown");
-        let mut t = TensorInfo::new(name, e.shape.clone(), dtype, TensorKind::Unknown, spec.tensors.len());
+        let mut t = TensorInfo::new(
+            name,
+            e.shape.clone(),
+            dtype,
+            TensorKind::Unknown,
+            spec.tensors.len(),
+        );
         t.location = Some(DataLocation::Safetensors {
             file: file.display().to_string(),
             start: base + e.data_offsets.0,

@@ -46,12 +46,8 @@ fn main() {
     println!("cargo:rustc-link-search=native={}", lib_dir.display());
     // The binary, tests and examples find libtorch at run time without LD_LIBRARY_PATH.
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib_dir.display());
-    // `--as-needed` (rustc's default) drops libtorch_cuda.so because nothing references
-    // it directly; without it CUDA silently reports unavailable. Link it again with
-    // --no-as-needed so its DT_NEEDED entry stays.
-    if lib_dir.join("libtorch_cuda.so").exists() {
-        println!("cargo:rustc-link-arg=-Wl,--no-as-needed,-ltorch_cuda,--as-needed");
-    }
+    // libtorch_cuda.so is not linked: the binary loads it at run time when a CUDA device is
+    // requested (trace::ffi::load_cuda_backend), so CPU-only commands don't pay for it.
     for lib in ["torch_cpu", "torch", "c10"] {
         println!("cargo:rustc-link-lib=dylib={lib}");
     }

@@ -6,7 +6,11 @@ mod cli;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "weightmap", version, about = "Map the weights of one PyTorch model onto another")]
+#[command(
+    name = "weightmap",
+    version,
+    about = "Map the weights of one PyTorch model onto another"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -33,6 +37,12 @@ enum Command {
 }
 
 fn main() {
+    // Rust ignores SIGPIPE, so `weightmap inspect --json | head` would panic on a closed
+    // pipe; restore the default so the command ends quietly, as other Unix tools do.
+    // SAFETY: called before any other thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Inspect(a) => cli::inspect::run(a),

@@ -403,3 +403,16 @@ fn a_file_that_is_not_torchscript_is_one_line_naming_it() {
     let bad_input = weightmap(&["trace", "models/trace_branch.pt", "--input", "1xq"]);
     assert_eq!(bad_input.status.code(), Some(2), "bad flags exit 2");
 }
+
+/// The CUDA backend is loaded at run time, not linked (so CPU-only commands don't pay for
+/// it): where the libtorch we built against ships libtorch_cuda.so, loading it must work,
+/// or `--device cuda` would silently find no CUDA even on a GPU machine.
+#[test]
+fn the_cuda_backend_of_this_libtorch_loads() {
+    let lib = root().join(".venv/libtorch/lib/libtorch_cuda.so");
+    if !lib.exists() {
+        eprintln!("skipped: {} is absent (a CPU-only libtorch)", lib.display());
+        return;
+    }
+    trace::ffi::load_cuda_backend().expect("libtorch_cuda.so loads through the rpath");
+}

@@ -1,7 +1,7 @@
 //! The report stage: what weightmap shows people, as text and JSON.
 
+pub mod explain;
+pub mod html;
 pub mod inspect;
 pub mod terminal;
 pub mod tree;
-pub mod explain;
-pub mod html;

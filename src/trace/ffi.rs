@@ -51,8 +51,46 @@ extern "C" {
 /// to pages; the line that says what went wrong is short).
 const MAX_MESSAGE_CHARS: usize = 400;
 
-/// True when libtorch sees a usable CUDA device.
+/// The library that registers libtorch's CUDA backend when it is loaded.
+const CUDA_BACKEND_LIBRARY: &str = "libtorch_cuda.so";
+
+/// Loads libtorch's CUDA backend (`libtorch_cuda.so`, found through the binary's rpath or
+/// `LD_LIBRARY_PATH`) once per process, and says why when it cannot.
+///
+/// Why at run time: linking it makes every command pay ~0.3 s and ~350 MB to load the
+/// CUDA libraries even when it only reads headers; and the linker's `--as-needed` would
+/// drop it anyway, since nothing references it, leaving CUDA silently unavailable. Loading
+/// it with `RTLD_GLOBAL` before the first CUDA call registers the backend for real.
+pub fn load_cuda_backend() -> std::result::Result<(), String> {
+    static LOADED: std::sync::OnceLock<std::result::Result<(), String>> = std::sync::OnceLock::new();
+    LOADED
+        .get_or_init(|| {
+            let name = std::ffi::CString::new(CUDA_BACKEND_LIBRARY).expect("no NUL in the name");
+            // SAFETY: dlopen with a valid C string; the handle is kept for the process' life.
+            let handle = unsafe { libc::dlopen(name.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) };
+            if handle.is_null() {
+                // SAFETY: dlerror returns a thread-local C string or null.
+                let reason = unsafe {
+                    let e = libc::dlerror();
+                    if e.is_null() {
+                        "unknown reason".to_string()
+                    } else {
+                        std::ffi::CStr::from_ptr(e).to_string_lossy().into_owned()
+                    }
+                };
+                Err(format!("cannot load {CUDA_BACKEND_LIBRARY}: {reason} (this libtorch has no CUDA backend?)"))
+            } else {
+                Ok(())
+            }
+        })
+        .clone()
+}
+
+/// True when libtorch sees a usable CUDA device (loading the CUDA backend first).
 pub fn cuda_is_available() -> bool {
+    if load_cuda_backend().is_err() {
+        return false;
+    }
     // SAFETY: a plain C function without arguments that catches every exception.
     unsafe { wm_cuda_is_available() != 0 }
 }

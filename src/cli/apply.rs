@@ -1,0 +1,155 @@
+//! `weightmap apply`: writes the adapted checkpoint under the target's names.
+
+use anyhow::Context;
+use std::path::{Path, PathBuf};
+use weightmap::apply::{self, ApplyOptions, Mapping, OutputFormat};
+use weightmap::{read_model, ReadOptions};
+
+/// Flags of `weightmap apply`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// The source checkpoint (.pth, .pt, .bin, .ckpt, .safetensors, or a sharded index).
+    pub source: PathBuf,
+    /// The mapping file: {source: target} or {source: {"target": ..., "transform": ...}}.
+    #[arg(long, short = 'm')]
+    pub mapping: Option<PathBuf>,
+    /// The target model (TorchScript, checkpoint or spec). Without --mapping the mapping is
+    /// worked out against it; with --mapping every mapped name and shape is checked against it.
+    #[arg(long, short = 't')]
+    pub target: Option<PathBuf>,
+    /// The output file; its extension picks the format unless --format is given.
+    #[arg(long, short = 'o')]
+    pub output: PathBuf,
+    /// Output format: safetensors or pth.
+    #[arg(long)]
+    pub format: Option<String>,
+    /// Write unmapped source tensors too, under their own names.
+    #[arg(long)]
+    pub keep_unmapped: bool,
+    /// Overwrite the output if it exists.
+    #[arg(long)]
+    pub force: bool,
+    /// Take the state dict from this nested key of the source (e.g. state_dict_ema).
+    #[arg(long)]
+    pub state_dict_key: Option<String>,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn read(path: &Path, state_dict_key: Option<String>) -> anyhow::Result<weightmap::ModelSpec> {
+    Ok(read_model(
+        path,
+        &ReadOptions {
+            state_dict_key,
+            keep_prefixes: false,
+        },
+    )?)
+}
+
+/// Runs `weightmap apply`.
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let format = args
+        .format
+        .as_deref()
+        .map(OutputFormat::parse)
+        .transpose()?;
+    let source = read(&args.source, args.state_dict_key.clone())?;
+    let target = args.target.as_deref().map(|t| read(t, None)).transpose()?;
+    let (mapping, context) = match (&args.mapping, &target) {
+        (Some(path), _) => (Mapping::load(path)?, path.display().to_string()),
+        (None, Some(target)) => {
+            let target_path = args.target.as_deref().unwrap_or(Path::new(""));
+            let mapping = compute_mapping(&args.source, &source, target_path, target)?;
+            (mapping, "computed mapping".to_string())
+        }
+        (None, None) => {
+            return Err(weightmap::Error::invalid(
+                "arguments",
+                "give --mapping MAPPING.json or --target TARGET",
+            )
+            .into())
+        }
+    };
+    let options = ApplyOptions {
+        format,
+        keep_unmapped: args.keep_unmapped,
+        force: args.force,
+    };
+    let summary = apply::apply(
+        &source,
+        &mapping,
+        target.as_ref(),
+        &args.output,
+        &options,
+        &context,
+    )
+    .with_context(|| format!("writing {}", args.output.display()))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        println!(
+            "wrote {} ({}, {} bytes)",
+            summary.output.display(),
+            summary.format,
+            summary.bytes
+        );
+        println!("  renamed      {}", summary.renamed);
+        println!("  transformed  {}", summary.transformed);
+        println!(
+            "  kept         {}{}",
+            summary.kept,
+            if summary.preserved_checkpoint {
+                " (checkpoint preserved: unmapped state-dict entries stay)"
+            } else {
+                ""
+            }
+        );
+        println!(
+            "  dropped      {}{}",
+            summary.dropped,
+            if summary.dropped > 0 && !args.keep_unmapped {
+                " (unmapped; --keep-unmapped keeps them)"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(())
+}
+
+/// The mapping the engine works out with `weightmap map`'s default settings (the
+/// TorchScript models' static execution order where there is one).
+fn compute_mapping(
+    source_path: &Path,
+    source: &weightmap::ModelSpec,
+    target_path: &Path,
+    target: &weightmap::ModelSpec,
+) -> anyhow::Result<Mapping> {
+    use weightmap::mapper::{model_order, Mapper, MapperOptions, SuggestOptions};
+    let order_of = |path: &Path| match model_order(path, &[], tch::Device::Cpu) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!(
+                "warning: no execution order for {} ({e}); using its registration order",
+                path.display()
+            );
+            None
+        }
+    };
+    let options = MapperOptions {
+        source_order: order_of(source_path),
+        target_order: order_of(target_path),
+        ..Default::default()
+    };
+    let result = Mapper::new(source.clone(), target.clone(), options)?
+        .suggest_mapping(&SuggestOptions::default())?;
+    eprintln!(
+        "mapped {} of {} source tensors onto {} target tensors (weightmap map shows why)",
+        result.mappings.len(),
+        source.tensors.len(),
+        target.tensors.len()
+    );
+    Mapping::from_json(&result.to_mapping_json())
+        .map_err(|m| anyhow::anyhow!("the computed mapping: {m}"))
+}

@@ -1,0 +1,171 @@
+//! `weightmap verify`: loads a checkpoint into a TorchScript target, reports what loaded,
+//! runs it and, with `--source-model`, compares its output with the source model's.
+
+use std::path::PathBuf;
+use weightmap::apply::Mapping;
+use weightmap::trace::{parse_device, InputSpec};
+use weightmap::verify::{self, VerifyOptions, VerifyReport};
+use weightmap::{read_model, ReadOptions};
+
+/// Flags of `weightmap verify`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// The checkpoint to load (.safetensors, .pth, .ckpt, ...).
+    pub checkpoint: PathBuf,
+    /// The target model as TorchScript (torch.jit.save / torch.jit.trace).
+    pub target: PathBuf,
+    /// A dummy input SHAPE[:DTYPE[:LO-HI]] (1x3x224x224, 1x16:i64:0-1000); repeat for
+    /// several inputs. Default: worked out from the target's first layer.
+    #[arg(long = "input", short = 'i')]
+    pub inputs: Vec<String>,
+    /// The source model as TorchScript: run it on the same inputs and compare outputs.
+    #[arg(long)]
+    pub source_model: Option<PathBuf>,
+    /// Load this checkpoint into the source model before running it (its own weights otherwise).
+    #[arg(long, requires = "source_model")]
+    pub source_checkpoint: Option<PathBuf>,
+    /// Fail when a target parameter keeps its initial values.
+    #[arg(long)]
+    pub strict: bool,
+    /// A target tensor or module prefix meant to be new (a fresh head); repeatable.
+    #[arg(long = "allow-new", value_name = "NAME_OR_PREFIX")]
+    pub allow_new: Vec<String>,
+    /// Outputs agree when |target - source| <= tol + tol * |source| everywhere.
+    #[arg(long, default_value_t = verify::DEFAULT_TOLERANCE)]
+    pub tolerance: f64,
+    /// The mapping the checkpoint was written with, to list its transforms.
+    #[arg(long)]
+    pub mapping: Option<PathBuf>,
+    /// Take the state dict from this nested key of the checkpoint.
+    #[arg(long)]
+    pub state_dict_key: Option<String>,
+    /// Device to run on: cpu, cuda, cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs `weightmap verify`; exits with status 1 when the check fails.
+pub fn run(args: Args) -> anyhow::Result<()> {
+    if args.tolerance.is_nan() || args.tolerance < 0.0 {
+        return Err(weightmap::Error::invalid(
+            "--tolerance",
+            format!("{}; give a number >= 0", args.tolerance),
+        )
+        .into());
+    }
+    let inputs = args
+        .inputs
+        .iter()
+        .map(|s| s.parse::<InputSpec>())
+        .collect::<Result<Vec<_>, _>>()?;
+    let checkpoint = read_model(
+        &args.checkpoint,
+        &ReadOptions {
+            state_dict_key: args.state_dict_key.clone(),
+            keep_prefixes: false,
+        },
+    )?;
+    let options = VerifyOptions {
+        inputs,
+        source_model: args.source_model.clone(),
+        source_checkpoint: args.source_checkpoint.clone(),
+        strict: args.strict,
+        allow_new: args.allow_new.clone(),
+        tolerance: Some(args.tolerance),
+        mapping: args.mapping.as_deref().map(Mapping::load).transpose()?,
+        device: Some(parse_device(&args.device)?),
+    };
+    let report = verify::verify(&checkpoint, &args.target, &options)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_report(&report);
+    }
+    if !report.pass {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+/// Names shown per section before "... and N more".
+const SHOWN: usize = 20;
+
+fn section(title: &str, lines: &[String]) {
+    if lines.is_empty() {
+        return;
+    }
+    println!("{title} ({}):", lines.len());
+    for l in lines.iter().take(SHOWN) {
+        println!("  {l}");
+    }
+    if lines.len() > SHOWN {
+        println!("  ... and {} more (--json lists all)", lines.len() - SHOWN);
+    }
+}
+
+fn print_report(r: &VerifyReport) {
+    println!("{} -> {}", r.checkpoint, r.target);
+    println!("loaded {} tensor(s)", r.loaded);
+    let missing: Vec<String> = r
+        .missing
+        .iter()
+        .map(|m| {
+            let kind = match m.kind {
+                weightmap::TensorKind::Parameter => "parameter",
+                weightmap::TensorKind::Buffer => "buffer",
+                weightmap::TensorKind::Unknown => "tensor",
+            };
+            format!(
+                "{} ({kind}{}, keeps its initial values)",
+                m.name,
+                if m.allowed { ", allowed new" } else { "" }
+            )
+        })
+        .collect();
+    section("MISSING", &missing);
+    section("UNEXPECTED", &r.unexpected);
+    let mismatched: Vec<String> = r
+        .mismatched
+        .iter()
+        .map(|m| {
+            if m.loaded_with_cast {
+                format!(
+                    "{}: dtype {} in the checkpoint, {} in the target (loaded, cast)",
+                    m.name, m.checkpoint_dtype, m.target_dtype
+                )
+            } else {
+                format!(
+                    "{}: shape {:?} in the checkpoint, {:?} in the target (not loaded)",
+                    m.name, m.checkpoint_shape, m.target_shape
+                )
+            }
+        })
+        .collect();
+    section("MISMATCHED", &mismatched);
+    let transformed: Vec<String> = r
+        .transformed
+        .iter()
+        .map(|t| format!("{} ({})", t.name, t.transform))
+        .collect();
+    section("TRANSFORMED", &transformed);
+    if let Some(shape) = &r.output_shape {
+        println!("forward on {}: output {:?}", r.inputs.join(", "), shape);
+    }
+    if let Some(c) = &r.comparison {
+        println!(
+            "vs {}: max abs diff {:.3e}, cosine {:.6}, tolerance {:.1e}: {}",
+            c.source_model,
+            c.max_abs_diff,
+            c.cosine,
+            c.tolerance,
+            if c.pass { "match" } else { "DIFFER" }
+        );
+    }
+    for f in &r.failures {
+        println!("FAIL: {f}");
+    }
+    println!("{}", if r.pass { "PASS" } else { "FAIL" });
+}

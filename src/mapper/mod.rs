@@ -1,0 +1,763 @@
+//! The mapping engine: which source tensor goes to which target tensor, how sure we are,
+//! and why.
+//!
+//! Structure before strings. [`Mapper::suggest_mapping`] works in stages:
+//! 1. **Many-to-one relations** among tensors that have no same-shape counterpart at all
+//!    (per-expert weights against a stacked 3-D expert tensor) are found first and taken
+//!    out of the one-to-one problem, each with its reason.
+//! 2. **Structure**: tensors are grouped into units (a module's weight, bias and buffers
+//!    map together) under the module tree. Starting at the two roots, modules and units
+//!    are paired top-down by their signatures (the multiset of their units' roles and
+//!    shapes); repeated look-alike blocks are told apart by their names, else by order
+//!    (execution order, indices in names, file order), never by a coin toss; containers
+//!    that exist on one side only are opened up; fused `qkv`-style tensors against
+//!    separate `q`/`k`/`v` are recognized inside matched modules.
+//! 3. **Leftovers** are scored (shape, name, hierarchy: [`crate::score`]) and assigned
+//!    one-to-one per block of candidates ([`crate::assign`]); ties stay unmatched.
+//! 4. Each pair gets its transform (transpose, reshape; square weights whose orientation
+//!    the shape cannot tell are flagged with the evidence), its score breakdown, its
+//!    confidence (margin to the runner-up) and alternatives; the threshold and strategy
+//!    apply; every tensor left over gets a reason.
+
+mod finish;
+mod fused;
+mod model;
+mod structure;
+
+use crate::error::{Error, Result};
+use crate::read::{read_model, ReadOptions};
+use crate::score::ScoreBreakdown;
+use crate::score::ScoreWeights;
+use crate::spec::ModelSpec;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+use std::path::Path;
+use std::str::FromStr;
+
+/// Default score threshold of [`Strategy::BestMatch`].
+pub const DEFAULT_THRESHOLD: f64 = 0.6;
+/// Lowest score [`Strategy::Conservative`] accepts, whatever the threshold.
+pub const CONSERVATIVE_MIN_SCORE: f64 = 0.75;
+/// Lowest confidence (margin to the runner-up) [`Strategy::Conservative`] accepts for a
+/// pair decided by scores alone.
+pub const CONSERVATIVE_MIN_MARGIN: f64 = 0.05;
+/// Number of alternatives kept per match.
+pub const MAX_ALTERNATIVES: usize = 3;
+
+/// Where an order of tensors comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OrderKind {
+    /// Execution order recorded by running the model (trace).
+    Dynamic,
+    /// Execution order read from the model's graph without running it.
+    Static,
+    /// Registration order (TorchScript lists tensors as modules registered them).
+    Registration,
+    /// The key order of a checkpoint file (usually registration order).
+    File,
+    /// No usable order: only numbers inside names (safetensors keys are sorted).
+    NamesOnly,
+    /// Nothing known.
+    None,
+}
+
+/// An order of a model's tensors, given from outside (the trace stage, or a file).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TensorOrder {
+    /// Where it comes from; `Dynamic` and `Static` are trusted as execution order.
+    pub kind: OrderKind,
+    /// Tensor names (normalized or as in the file), first to last. Tensors not listed
+    /// have no rank.
+    pub names: Vec<String>,
+}
+
+/// Options of a [`Mapper`].
+#[derive(Debug, Clone, Default)]
+pub struct MapperOptions {
+    /// Shape tolerance in `[0, 1]`: above 0, tensors with the same elements in another
+    /// shape (size-1 dimensions dropped, e.g. conv 1×1 ↔ linear) become candidates,
+    /// scored [`crate::score::SHAPE_RESHAPE`]. Transposes are always candidates.
+    pub shape_tolerance: f64,
+    /// Incompatible components: (source chunks, target chunks). A tensor whose name has
+    /// a component (or `_`-separated piece) in one set never maps to a tensor whose name
+    /// has one in the other set, in either direction.
+    pub incompatible: Vec<(Vec<String>, Vec<String>)>,
+    /// The source's execution (or other) order, if known. This is the hook for the trace
+    /// stage: without it, the file's key order is used (none for safetensors).
+    pub source_order: Option<TensorOrder>,
+    /// The target's execution (or other) order, if known (see `source_order`).
+    pub target_order: Option<TensorOrder>,
+}
+
+/// How pairs are chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// Everything the evidence supports at or above the threshold.
+    #[default]
+    BestMatch,
+    /// Only high-confidence pairs: score ≥ [`CONSERVATIVE_MIN_SCORE`], no ambiguity flag,
+    /// not decided by file order alone, margin ≥ [`CONSERVATIVE_MIN_MARGIN`] when decided by
+    /// scores.
+    Conservative,
+    /// Shapes and order alone (for complete renames): names are not used.
+    ShapeOnly,
+}
+
+impl Strategy {
+    /// The name used on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Strategy::BestMatch => "best_match",
+            Strategy::Conservative => "conservative",
+            Strategy::ShapeOnly => "shape_only",
+        }
+    }
+}
+
+impl FromStr for Strategy {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.replace('-', "_").as_str() {
+            "best_match" | "best" => Ok(Strategy::BestMatch),
+            "conservative" => Ok(Strategy::Conservative),
+            "shape_only" => Ok(Strategy::ShapeOnly),
+            _ => Err(Error::InvalidArgument {
+                what: "strategy".into(),
+                message: format!("'{s}': use best_match, conservative or shape_only"),
+            }),
+        }
+    }
+}
+
+/// Options of one [`Mapper::suggest_mapping`] call.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SuggestOptions {
+    /// Pairs scoring below this are left unmatched (applied after assignment).
+    pub threshold: f64,
+    /// The strategy.
+    pub strategy: Strategy,
+    /// Weights of the score parts.
+    pub weights: ScoreWeights,
+}
+
+impl Default for SuggestOptions {
+    fn default() -> Self {
+        SuggestOptions {
+            threshold: DEFAULT_THRESHOLD,
+            strategy: Strategy::BestMatch,
+            weights: ScoreWeights::default(),
+        }
+    }
+}
+
+impl SuggestOptions {
+    /// Checks the threshold (a number in `[0, 1]`).
+    pub fn validate(&self) -> Result<()> {
+        if !(0.0..=1.0).contains(&self.threshold) {
+            return Err(Error::InvalidArgument {
+                what: "threshold".into(),
+                message: format!("{}: give a number between 0 and 1", self.threshold),
+            });
+        }
+        ScoreWeights::new(
+            self.weights.shape,
+            self.weights.name,
+            self.weights.hierarchy,
+        )
+        .map(|_| ())
+    }
+}
+
+/// How a tensor must be changed to fit its target.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Transform {
+    /// Copied as is.
+    None,
+    /// 2-D transpose (`[in, out]` → `[out, in]`).
+    Transpose,
+    /// Reshaped (same elements).
+    Reshape {
+        /// Source shape.
+        from: Vec<i64>,
+        /// Target shape.
+        to: Vec<i64>,
+    },
+}
+
+/// Whether a pair came with its module (weight, bias and buffers together) or alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MatchType {
+    /// Matched with the rest of its module group.
+    Group,
+    /// Matched on its own (a bare parameter, or a one-tensor module).
+    Individual,
+}
+
+/// What decided a pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Resolution {
+    /// The only module (or unit) with this signature on both sides.
+    Unique,
+    /// Look-alikes told apart by their names.
+    Names,
+    /// The last look-alike left once the others were told apart.
+    Elimination,
+    /// A look-alike whose name places it before or after a matched module
+    /// (`post_attention_layernorm`), found on that side of the counterpart in execution order.
+    Relation,
+    /// Look-alikes told apart by execution order.
+    ExecutionOrder,
+    /// Look-alikes told apart by indices in their names (`layer.3`, `conv_a`).
+    NameIndices,
+    /// Look-alikes told apart by file or registration order only (weaker).
+    FileOrder,
+    /// Modules paired by similar (not equal) content.
+    Similarity,
+    /// Scored and assigned (leftovers).
+    Score,
+}
+
+/// One source tensor mapped to one target tensor.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Match {
+    /// Source name (wrapper prefixes stripped).
+    pub source: String,
+    /// Source name as written in the source file.
+    pub source_original: String,
+    /// Target name (as in the target).
+    pub target: String,
+    /// Source shape.
+    pub source_shape: Vec<i64>,
+    /// Target shape.
+    pub target_shape: Vec<i64>,
+    /// The score (`breakdown.total`).
+    pub score: f64,
+    /// Every part of the score.
+    pub breakdown: ScoreBreakdown,
+    /// How to change the tensor to fit.
+    pub transform: Transform,
+    /// Group or individual.
+    pub match_type: MatchType,
+    /// What decided the pair.
+    pub resolution: Resolution,
+    /// Human-readable account of the decision (e.g. which look-alikes order chose among).
+    pub resolution_detail: String,
+    /// Margin of the score to the best alternative target.
+    pub confidence: f64,
+    /// The best other targets and their scores.
+    pub alternatives: Vec<Alternative>,
+    /// Set when the pair is uncertain in a way the user must check (e.g. a square weight
+    /// whose orientation the shapes cannot tell), with the evidence.
+    pub ambiguous: Option<String>,
+}
+
+/// Another candidate target of a matched source tensor.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Alternative {
+    /// The target name.
+    pub target: String,
+    /// Its score.
+    pub score: f64,
+}
+
+/// Why a tensor is left unmatched.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum UnmatchedReason {
+    /// No tensor of a compatible shape (and role) on the other side.
+    NoShapeCandidate,
+    /// Its best pair scored below the threshold.
+    BelowThreshold {
+        /// The would-be counterpart.
+        candidate: String,
+        /// Its score.
+        score: f64,
+        /// The threshold in force.
+        threshold: f64,
+    },
+    /// Its candidates went to better pairs.
+    LostTo {
+        /// The best candidate.
+        candidate: String,
+        /// Who got it instead.
+        taken_by: String,
+    },
+    /// Look-alike candidates that neither names nor order tell apart.
+    Ambiguous {
+        /// The candidates.
+        candidates: Vec<String>,
+    },
+    /// Every candidate belongs to an incompatible component.
+    IncompatibleComponent,
+    /// Its module matched one whose group has no tensor of this role.
+    MissingInCounterpart {
+        /// The matched counterpart module.
+        counterpart: String,
+    },
+    /// Takes part in a many-to-one relation (split, concat, stack) that a one-to-one
+    /// mapping cannot express.
+    ManyToOne {
+        /// The relation.
+        relation: ManyToOne,
+    },
+    /// Shares storage with a tensor that is mapped (tied weights).
+    Tied {
+        /// The tensor it is tied to.
+        to: String,
+    },
+    /// A non-persistent buffer: listed by the model but not part of its state dict.
+    NotInStateDict,
+    /// Left out by the conservative strategy.
+    LowConfidence {
+        /// The pair it would have been.
+        candidate: String,
+        /// Why it was not confident enough.
+        why: String,
+    },
+}
+
+impl UnmatchedReason {
+    /// One line for people.
+    pub fn describe(&self) -> String {
+        match self {
+            UnmatchedReason::NoShapeCandidate => "no tensor of that shape on the other side".into(),
+            UnmatchedReason::BelowThreshold {
+                candidate,
+                score,
+                threshold,
+            } => {
+                format!("below threshold: best {candidate} scored {score:.3} < {threshold:.2}")
+            }
+            UnmatchedReason::LostTo {
+                candidate,
+                taken_by,
+            } => format!("lost to a better candidate: {candidate} went to {taken_by}"),
+            UnmatchedReason::Ambiguous { candidates } => {
+                format!(
+                    "ambiguous: look-alikes {} cannot be told apart by names or order",
+                    candidates.join(", ")
+                )
+            }
+            UnmatchedReason::IncompatibleComponent => {
+                "every candidate is in an incompatible component".into()
+            }
+            UnmatchedReason::MissingInCounterpart { counterpart } => {
+                format!("its module matched {counterpart}, which has no such tensor")
+            }
+            UnmatchedReason::ManyToOne { relation } => relation.describe(),
+            UnmatchedReason::Tied { to } => format!("tied to {to} (same storage), which is mapped"),
+            UnmatchedReason::NotInStateDict => {
+                "non-persistent buffer (not in the state dict)".into()
+            }
+            UnmatchedReason::LowConfidence { candidate, why } => {
+                format!("not confident enough for conservative: {candidate} ({why})")
+            }
+        }
+    }
+}
+
+/// A tensor left unmatched, with its reason.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Unmatched {
+    /// The name (normalized).
+    pub name: String,
+    /// The name as written in its file.
+    pub original_name: String,
+    /// The shape.
+    pub shape: Vec<i64>,
+    /// Why.
+    pub reason: UnmatchedReason,
+}
+
+/// Kinds of many-to-one relations (the names used in the corpus' `case.json`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ManyToOneKind {
+    /// One source tensor split along `axis` into several targets (fused qkv → q, k, v).
+    Split,
+    /// Several source tensors concatenated along `axis` into one target.
+    Concat,
+    /// Several source tensors stacked along a new axis 0 into one target (experts).
+    Stack,
+    /// Per index, `group_size` source tensors concatenated along `axis`, then stacked.
+    StackOfConcat,
+    /// One source tensor unstacked along axis 0 into several targets.
+    Unstack,
+}
+
+/// A relation between tensors that a one-to-one mapping cannot express.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ManyToOne {
+    /// The kind.
+    pub kind: ManyToOneKind,
+    /// Source tensors (names as in the source file), in order.
+    pub sources: Vec<String>,
+    /// Target tensors, in order.
+    pub targets: Vec<String>,
+    /// The axis of the split or concatenation (0 for stacks).
+    pub axis: usize,
+    /// For `StackOfConcat`: tensors concatenated per index.
+    pub group_size: Option<usize>,
+}
+
+impl ManyToOne {
+    /// One line for people.
+    pub fn describe(&self) -> String {
+        let list = |v: &[String]| {
+            if v.len() <= 4 {
+                v.join(", ")
+            } else {
+                format!("{}, ... ({} tensors)", v[..2].join(", "), v.len())
+            }
+        };
+        match self.kind {
+            ManyToOneKind::Split => format!(
+                "split/fused: {} splits along dim {} into {}",
+                list(&self.sources),
+                self.axis,
+                list(&self.targets)
+            ),
+            ManyToOneKind::Concat => format!(
+                "split/fused: {} concatenate along dim {} into {}",
+                list(&self.sources),
+                self.axis,
+                list(&self.targets)
+            ),
+            ManyToOneKind::Stack => format!(
+                "stacked experts: {} stack into {}",
+                list(&self.sources),
+                list(&self.targets)
+            ),
+            ManyToOneKind::StackOfConcat => format!(
+                "stacked experts: {} concatenate in groups of {} along dim {} and stack into {}",
+                list(&self.sources),
+                self.group_size.unwrap_or(1),
+                self.axis,
+                list(&self.targets)
+            ),
+            ManyToOneKind::Unstack => format!(
+                "stacked experts: {} unstacks into {}",
+                list(&self.sources),
+                list(&self.targets)
+            ),
+        }
+    }
+}
+
+/// What a report says about one model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelSummary {
+    /// The file.
+    pub path: String,
+    /// Its format name.
+    pub format: String,
+    /// Number of tensors.
+    pub tensors: usize,
+    /// Where its order came from.
+    pub order: OrderKind,
+    /// Wrapper prefixes stripped from its names.
+    pub stripped_prefixes: Vec<String>,
+}
+
+/// The result of [`Mapper::suggest_mapping`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MappingResult {
+    /// The source model.
+    pub source: ModelSummary,
+    /// The target model.
+    pub target: ModelSummary,
+    /// The strategy used.
+    pub strategy: Strategy,
+    /// The threshold in force.
+    pub threshold: f64,
+    /// The score weights used (normalized).
+    pub weights: ScoreWeights,
+    /// The one-to-one pairs, in source order.
+    pub mappings: Vec<Match>,
+    /// Source tensors left unmatched, with reasons, in source order.
+    pub unmatched_source: Vec<Unmatched>,
+    /// Target tensors left unmatched, with reasons, in target order.
+    pub unmatched_target: Vec<Unmatched>,
+    /// Many-to-one relations found (their tensors are also listed as unmatched).
+    pub many_to_one: Vec<ManyToOne>,
+}
+
+impl MappingResult {
+    /// The mapping as a plain dict: {source name as in the source file: target name}.
+    pub fn as_dict(&self) -> Map<String, Value> {
+        self.mappings
+            .iter()
+            .map(|m| (m.source_original.clone(), Value::String(m.target.clone())))
+            .collect()
+    }
+
+    /// The mapping with scores: {source name as in the file: score}.
+    pub fn scores(&self) -> Map<String, Value> {
+        self.mappings
+            .iter()
+            .map(|m| (m.source_original.clone(), json!(round4(m.score))))
+            .collect()
+    }
+
+    /// The mapping file written by `map -o`: {source: target}, or for pairs that need a
+    /// transform {source: {"target": ..., "transform": "transpose" | {"reshape": [...]}}}.
+    pub fn to_mapping_json(&self) -> Value {
+        let mut m = Map::new();
+        for x in &self.mappings {
+            let v = match &x.transform {
+                Transform::None => Value::String(x.target.clone()),
+                Transform::Transpose => json!({"target": x.target, "transform": "transpose"}),
+                Transform::Reshape { to, .. } => {
+                    json!({"target": x.target, "transform": {"reshape": to}})
+                }
+            };
+            m.insert(x.source_original.clone(), v);
+        }
+        Value::Object(m)
+    }
+
+    /// Share of target tensors that received a source tensor.
+    pub fn coverage(&self) -> f64 {
+        if self.target.tensors == 0 {
+            0.0
+        } else {
+            self.mappings.len() as f64 / self.target.tensors as f64
+        }
+    }
+
+    /// The JSON report: models, counts, coverage, every mapping with score, shapes,
+    /// match type, transform and breakdown, every unmatched tensor with its reason, and
+    /// the many-to-one relations.
+    pub fn to_report_json(&self) -> Value {
+        let mappings: Vec<Value> = self
+            .mappings
+            .iter()
+            .map(|m| {
+                json!({
+                    "source": m.source_original,
+                    "target": m.target,
+                    "score": round4(m.score),
+                    "source_shape": m.source_shape,
+                    "target_shape": m.target_shape,
+                    "match_type": m.match_type,
+                    "transform": m.transform,
+                    "resolution": m.resolution,
+                    "resolution_detail": m.resolution_detail,
+                    "confidence": round4(m.confidence),
+                    "ambiguous": m.ambiguous,
+                    "breakdown": m.breakdown,
+                    "alternatives": m.alternatives,
+                })
+            })
+            .collect();
+        let unmatched = |v: &[Unmatched]| -> Vec<Value> {
+            v.iter()
+                .map(|u| json!({"name": u.original_name, "shape": u.shape, "reason": u.reason, "message": u.reason.describe()}))
+                .collect()
+        };
+        json!({
+            "source": self.source,
+            "target": self.target,
+            "strategy": self.strategy,
+            "threshold": self.threshold,
+            "weights": self.weights,
+            "counts": {
+                "source_tensors": self.source.tensors,
+                "target_tensors": self.target.tensors,
+                "matched": self.mappings.len(),
+                "unmatched_source": self.unmatched_source.len(),
+                "unmatched_target": self.unmatched_target.len(),
+                "transposed": self.mappings.iter().filter(|m| m.transform == Transform::Transpose).count(),
+                "ambiguous": self.mappings.iter().filter(|m| m.ambiguous.is_some()).count(),
+                "many_to_one": self.many_to_one.len(),
+            },
+            "coverage": round4(self.coverage()),
+            "mappings": mappings,
+            "unmatched_source": unmatched(&self.unmatched_source),
+            "unmatched_target": unmatched(&self.unmatched_target),
+            "many_to_one": self.many_to_one,
+        })
+    }
+}
+
+fn round4(x: f64) -> f64 {
+    (x * 1e4).round() / 1e4
+}
+
+/// One candidate target of a source tensor, with its full score breakdown.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Candidate {
+    /// The target name.
+    pub target: String,
+    /// The target shape.
+    pub shape: Vec<i64>,
+    /// The score and its parts.
+    pub breakdown: ScoreBreakdown,
+    /// The source tensor this target went to, if any.
+    pub taken_by: Option<String>,
+}
+
+/// Everything known about one source tensor, for `explain`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Explanation {
+    /// The source tensor (normalized name).
+    pub source: String,
+    /// Its shape.
+    pub shape: Vec<i64>,
+    /// Its match, if any.
+    pub matched: Option<Match>,
+    /// Why it is unmatched, if it is.
+    pub unmatched: Option<UnmatchedReason>,
+    /// Every candidate target with its score breakdown, best first.
+    pub candidates: Vec<Candidate>,
+}
+
+/// Maps the tensors of a source model onto a target model.
+#[derive(Debug, Clone)]
+pub struct Mapper {
+    source: ModelSpec,
+    target: ModelSpec,
+    options: MapperOptions,
+}
+
+impl Mapper {
+    /// A mapper from two model specs (any source: a checkpoint's state dict, a model).
+    pub fn new(source: ModelSpec, target: ModelSpec, options: MapperOptions) -> Result<Self> {
+        if !(0.0..=1.0).contains(&options.shape_tolerance) || !options.shape_tolerance.is_finite() {
+            return Err(Error::InvalidArgument {
+                what: "shape tolerance".into(),
+                message: format!("{}: give a number between 0 and 1", options.shape_tolerance),
+            });
+        }
+        for (a, b) in &options.incompatible {
+            if a.is_empty() || b.is_empty() || a.iter().chain(b).any(|c| c.trim().is_empty()) {
+                return Err(Error::InvalidArgument {
+                    what: "incompatible components".into(),
+                    message: "each side needs at least one non-empty name chunk, e.g. 'backbone,encoder:head,classifier'".into(),
+                });
+            }
+        }
+        Ok(Mapper {
+            source,
+            target,
+            options,
+        })
+    }
+
+    /// A mapper from two files of any format [`read_model`] accepts.
+    pub fn from_paths(
+        source: &Path,
+        target: &Path,
+        read: &ReadOptions,
+        options: MapperOptions,
+    ) -> Result<Self> {
+        let s = read_model(source, read)?;
+        let t = read_model(target, read)?;
+        Mapper::new(s, t, options)
+    }
+
+    /// The source model spec.
+    pub fn source(&self) -> &ModelSpec {
+        &self.source
+    }
+
+    /// The target model spec.
+    pub fn target(&self) -> &ModelSpec {
+        &self.target
+    }
+
+    /// The options.
+    pub fn options(&self) -> &MapperOptions {
+        &self.options
+    }
+
+    /// Works out the mapping.
+    pub fn suggest_mapping(&self, opts: &SuggestOptions) -> Result<MappingResult> {
+        opts.validate()?;
+        Ok(finish::run(self, opts).0)
+    }
+
+    /// Scores one source tensor against every candidate target, with full breakdowns,
+    /// in the context of the mapping `opts` produces.
+    pub fn explain(&self, source: &str, opts: &SuggestOptions) -> Result<Explanation> {
+        opts.validate()?;
+        let i = self
+            .source
+            .find(source)
+            .or_else(|| {
+                self.source
+                    .tensors
+                    .iter()
+                    .position(|t| t.original_name == source)
+            })
+            .ok_or_else(|| Error::MissingKey {
+                context: self.source.path.clone(),
+                key: source.to_string(),
+                hint: String::new(),
+            })?;
+        let (result, state) = finish::run(self, opts);
+        Ok(state.explain(self, &result, i, opts))
+    }
+}
+
+impl From<&crate::trace::ExecutionOrder> for TensorOrder {
+    /// The order a trace found: dynamic and static orders are trusted as execution order;
+    /// tensors the model never used (and tied aliases) get no rank.
+    fn from(o: &crate::trace::ExecutionOrder) -> Self {
+        let kind = match o.mode {
+            crate::trace::OrderMode::Dynamic => OrderKind::Dynamic,
+            crate::trace::OrderMode::Static => OrderKind::Static,
+            crate::trace::OrderMode::Registration => OrderKind::Registration,
+        };
+        TensorOrder {
+            kind,
+            names: o.order.iter().map(|e| e.name.clone()).collect(),
+        }
+    }
+}
+
+/// The order of the model at `path` for the mapper, when it is a TorchScript model: the
+/// trace stage's best order (dynamic with `inputs`, else static, else registration).
+/// `Ok(None)` for other formats (checkpoints carry only their key order).
+pub fn model_order(
+    path: &Path,
+    inputs: &[crate::trace::InputSpec],
+    device: tch::Device,
+) -> Result<Option<TensorOrder>> {
+    if crate::read::detect_format(path)? != crate::spec::Format::TorchScript {
+        return Ok(None);
+    }
+    let order = crate::trace::execution_order(path, inputs, device)?;
+    Ok(Some(TensorOrder::from(&order)))
+}
+
+/// Parses `--incompatible 'backbone,encoder:head,classifier'` (pairs separated by `;`).
+pub fn parse_incompatible(s: &str) -> Result<Vec<(Vec<String>, Vec<String>)>> {
+    let mut out = vec![];
+    for part in s.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+        let (a, b) = part.split_once(':').ok_or_else(|| Error::InvalidArgument {
+            what: "--incompatible".into(),
+            message: format!("'{part}': expected SOURCE_CHUNKS:TARGET_CHUNKS, e.g. 'backbone,encoder:head,classifier'"),
+        })?;
+        let list = |x: &str| {
+            x.split(',')
+                .map(|c| c.trim().to_string())
+                .filter(|c| !c.is_empty())
+                .collect::<Vec<_>>()
+        };
+        let (la, lb) = (list(a), list(b));
+        if la.is_empty() || lb.is_empty() {
+            return Err(Error::InvalidArgument {
+                what: "--incompatible".into(),
+                message: format!("'{part}': both sides need at least one name chunk"),
+            });
+        }
+        out.push((la, lb));
+    }
+    Ok(out)
+}

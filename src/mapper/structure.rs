@@ -1,0 +1,866 @@
+//! Structural matching, top-down.
+//!
+//! A *level* is a pair of pools of items (module subtrees and units) known to
+//! correspond as a whole, starting with the two roots' children. In each level:
+//! 1. items with equal signatures (exact shapes, then shapes up to a 2-D transpose) are
+//!    paired; a class of several look-alikes is split by names (relative to the level),
+//!    then by order (execution order, indices in names, file order), else left open;
+//! 2. failing that, modules with clearly similar content are paired (multiset Dice of
+//!    unit signatures, only when no child fits better and what is left over on either
+//!    side has no better place in the pool);
+//! 3. failing that, the largest unpaired module is opened up (its children join the
+//!    pool): this absorbs wrappers and nesting that exist on one side only;
+//! 4. when only units remain, fused units (`qkv`) against separate ones (`q`, `k`, `v`)
+//!    are recognized and taken out.
+//!
+//! Paired modules become new levels. Units left over go to the scored assignment.
+
+use super::fused::{split_of, Found};
+use super::model::{Item, SideModel, Strength};
+use super::{ManyToOne, ManyToOneKind, Resolution};
+use crate::assign::{assign, Edge};
+use crate::score::{local_name_similarity, tokenize, Token, RELATIONAL_AFTER, RELATIONAL_BEFORE};
+use std::collections::{HashMap, HashSet};
+
+/// Margin by which a look-alike's name must beat every other candidate of its row and
+/// column for names to decide (else order decides).
+pub(crate) const NAME_MARGIN: f64 = 0.1;
+/// Lowest content similarity (Dice over unit signatures) for pairing unequal modules.
+pub(crate) const APPROX_MIN_DICE: f64 = 0.6;
+/// Largest number of module pairs compared for similar-content pairing in one pool.
+const APPROX_MAX_PAIRS: usize = 40_000;
+
+/// Incompatible component pairs as a predicate on names.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Incompat {
+    pairs: Vec<(Vec<String>, Vec<String>)>,
+}
+
+impl Incompat {
+    pub fn new(pairs: &[(Vec<String>, Vec<String>)]) -> Self {
+        let low = |v: &Vec<String>| v.iter().map(|c| c.trim().to_ascii_lowercase()).collect();
+        Incompat {
+            pairs: pairs.iter().map(|(a, b)| (low(a), low(b))).collect(),
+        }
+    }
+
+    fn has(name: &str, chunks: &[String]) -> bool {
+        let lower = name.to_ascii_lowercase();
+        lower.split('.').any(|c| {
+            chunks.iter().any(|k| {
+                c == k || c.strip_suffix('s') == Some(k.as_str()) || c.split('_').any(|p| p == k)
+            })
+        })
+    }
+
+    /// Whether source `s` may not map to target `t`.
+    pub fn forbidden(&self, s: &str, t: &str) -> bool {
+        self.pairs.iter().any(|(a, b)| {
+            (Self::has(s, a) && Self::has(t, b)) || (Self::has(s, b) && Self::has(t, a))
+        })
+    }
+}
+
+/// A pair of units found structurally.
+#[derive(Debug, Clone)]
+pub(crate) struct UnitPair {
+    pub s: usize,
+    pub t: usize,
+    pub resolution: Resolution,
+    pub detail: String,
+}
+
+/// What structural matching found.
+#[derive(Debug, Default)]
+pub(crate) struct Structure {
+    pub unit_pairs: Vec<UnitPair>,
+    /// Source node → target node.
+    pub node_pairs: HashMap<usize, usize>,
+    /// How each node pair was decided.
+    pub node_detail: HashMap<usize, (Resolution, String)>,
+    /// Units left for the scored assignment.
+    pub left_s: Vec<usize>,
+    pub left_t: Vec<usize>,
+    /// Splits and concatenations found inside levels.
+    pub relations: Vec<Found>,
+}
+
+struct Pair {
+    s: Item,
+    t: Item,
+    resolution: Resolution,
+    detail: String,
+}
+
+struct Level {
+    s_items: Vec<Item>,
+    t_items: Vec<Item>,
+    s_root: String,
+    t_root: String,
+}
+
+pub(crate) struct Matcher<'a, 'b> {
+    s: &'a SideModel<'b>,
+    t: &'a SideModel<'b>,
+    use_names: bool,
+    incompat: &'a Incompat,
+    out: Structure,
+    /// Pairs found so far in the current level (source item → target item).
+    level_pairs: HashMap<Item, Item>,
+}
+
+fn dice(a: &[u64], b: &[u64]) -> f64 {
+    let (mut i, mut j, mut common) = (0, 0, 0usize);
+    while i < a.len() && j < b.len() {
+        match a[i].cmp(&b[j]) {
+            std::cmp::Ordering::Equal => {
+                common += 1;
+                i += 1;
+                j += 1;
+            }
+            std::cmp::Ordering::Less => i += 1,
+            std::cmp::Ordering::Greater => j += 1,
+        }
+    }
+    if a.is_empty() && b.is_empty() {
+        1.0
+    } else {
+        2.0 * common as f64 / (a.len() + b.len()) as f64
+    }
+}
+
+/// Multiset difference a − b of sorted vectors.
+fn minus(a: &[u64], b: &[u64]) -> Vec<u64> {
+    let (mut i, mut j, mut out) = (0, 0, vec![]);
+    while i < a.len() {
+        if j < b.len() && a[i] == b[j] {
+            i += 1;
+            j += 1;
+        } else if j < b.len() && b[j] < a[i] {
+            j += 1;
+        } else {
+            out.push(a[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+fn resolution_of(strength: Strength) -> Resolution {
+    match strength {
+        Strength::Execution => Resolution::ExecutionOrder,
+        Strength::Names => Resolution::NameIndices,
+        Strength::Weak => Resolution::FileOrder,
+    }
+}
+
+fn order_words(strength: Strength) -> &'static str {
+    match strength {
+        Strength::Execution => "execution order",
+        Strength::Names => "the indices in their names",
+        Strength::Weak => "file/registration order",
+    }
+}
+
+impl<'a, 'b> Matcher<'a, 'b> {
+    pub fn new(
+        s: &'a SideModel<'b>,
+        t: &'a SideModel<'b>,
+        use_names: bool,
+        incompat: &'a Incompat,
+    ) -> Self {
+        Matcher {
+            s,
+            t,
+            use_names,
+            incompat,
+            out: Structure::default(),
+            level_pairs: HashMap::new(),
+        }
+    }
+
+    /// Runs structural matching from the roots.
+    pub fn run(mut self) -> Structure {
+        self.out.node_pairs.insert(0, 0);
+        let mut work = vec![Level {
+            s_items: self.s.children_items(0),
+            t_items: self.t.children_items(0),
+            s_root: String::new(),
+            t_root: String::new(),
+        }];
+        while let Some(level) = work.pop() {
+            let pairs = self.match_level(level);
+            for p in pairs.into_iter().rev() {
+                match (p.s, p.t) {
+                    (Item::Unit(a), Item::Unit(b)) => self.out.unit_pairs.push(UnitPair {
+                        s: a,
+                        t: b,
+                        resolution: p.resolution,
+                        detail: p.detail,
+                    }),
+                    (Item::Node(a), Item::Node(b)) => {
+                        self.out.node_pairs.insert(a, b);
+                        self.out.node_detail.insert(a, (p.resolution, p.detail));
+                        work.push(Level {
+                            s_items: self.s.children_items(a),
+                            t_items: self.t.children_items(b),
+                            s_root: self.s.nodes[a].path.clone(),
+                            t_root: self.t.nodes[b].path.clone(),
+                        });
+                    }
+                    (Item::Node(a), Item::Unit(b)) => work.push(Level {
+                        s_items: self.s.children_items(a),
+                        t_items: vec![Item::Unit(b)],
+                        s_root: self.s.nodes[a].path.clone(),
+                        t_root: self.t.units[b].label.clone(),
+                    }),
+                    (Item::Unit(a), Item::Node(b)) => work.push(Level {
+                        s_items: vec![Item::Unit(a)],
+                        t_items: self.t.children_items(b),
+                        s_root: self.s.units[a].label.clone(),
+                        t_root: self.t.nodes[b].path.clone(),
+                    }),
+                }
+            }
+        }
+        self.out
+    }
+
+    fn match_level(&mut self, level: Level) -> Vec<Pair> {
+        let Level {
+            s_items: mut ps,
+            t_items: mut pt,
+            s_root,
+            t_root,
+        } = level;
+        let roots = (s_root.as_str(), t_root.as_str());
+        let mut pairs: Vec<Pair> = vec![];
+        self.level_pairs.clear();
+        loop {
+            for p in &pairs {
+                self.level_pairs.insert(p.s, p.t);
+            }
+            if ps.is_empty() || pt.is_empty() {
+                break;
+            }
+            // Strong evidence first: look-alikes that only file order tells apart wait
+            // until everything else in the level that can be paired is (their relational
+            // anchors, for one).
+            let mut progress = false;
+            for loose in [false, true] {
+                let found =
+                    self.pair_classes(&mut ps, &mut pt, loose, false, Strength::Names, roots);
+                progress |= !found.is_empty();
+                pairs.extend(found);
+            }
+            if progress {
+                continue;
+            }
+            let found = self.approx_pairs(&mut ps, &mut pt, roots);
+            if !found.is_empty() {
+                pairs.extend(found);
+                continue;
+            }
+            for loose in [false, true] {
+                let found =
+                    self.pair_classes(&mut ps, &mut pt, loose, false, Strength::Weak, roots);
+                progress |= !found.is_empty();
+                pairs.extend(found);
+            }
+            if progress {
+                continue;
+            }
+            if self.expand_largest(&mut ps, &mut pt) {
+                continue;
+            }
+            if self.detect_splits(&mut ps, &mut pt) {
+                continue;
+            }
+            // Classes of unequal size: only names can decide.
+            for loose in [false, true] {
+                let found = self.pair_classes(&mut ps, &mut pt, loose, true, Strength::Weak, roots);
+                pairs.extend(found);
+            }
+            break;
+        }
+        // Whatever is left goes to the scored assignment, as units.
+        for (pool, side, left) in [
+            (&ps, self.s, &mut self.out.left_s),
+            (&pt, self.t, &mut self.out.left_t),
+        ] {
+            let mut stack: Vec<Item> = pool.clone();
+            while let Some(it) = stack.pop() {
+                match it {
+                    Item::Unit(u) => left.push(u),
+                    Item::Node(x) => stack.extend(side.children_items(x)),
+                }
+            }
+        }
+        pairs
+    }
+
+    fn allowed(&self, a: Item, b: Item) -> bool {
+        !self
+            .incompat
+            .forbidden(self.s.item_path(a), self.t.item_path(b))
+    }
+
+    /// Pairs items of equal signature; with `allow_unequal`, classes of unequal size too
+    /// (names only).
+    fn pair_classes(
+        &self,
+        ps: &mut Vec<Item>,
+        pt: &mut Vec<Item>,
+        loose: bool,
+        allow_unequal: bool,
+        min_order: Strength,
+        roots: (&str, &str),
+    ) -> Vec<Pair> {
+        let group = |side: &SideModel, pool: &[Item]| {
+            let mut keys: Vec<u64> = vec![];
+            let mut map: HashMap<u64, Vec<Item>> = HashMap::new();
+            for &it in pool {
+                let h = side.item_hash(it, loose);
+                map.entry(h)
+                    .or_insert_with(|| {
+                        keys.push(h);
+                        vec![]
+                    })
+                    .push(it);
+            }
+            (keys, map)
+        };
+        let (keys, gs) = group(self.s, ps);
+        let (_, gt) = group(self.t, pt);
+        let mut out = vec![];
+        for k in keys {
+            let (Some(a), Some(b)) = (gs.get(&k), gt.get(&k)) else {
+                continue;
+            };
+            if a.len() != b.len() && !allow_unequal {
+                continue;
+            }
+            out.extend(self.resolve_class(a, b, roots, a.len() == b.len(), min_order));
+        }
+        let used_s: HashSet<Item> = out.iter().map(|p| p.s).collect();
+        let used_t: HashSet<Item> = out.iter().map(|p| p.t).collect();
+        ps.retain(|i| !used_s.contains(i));
+        pt.retain(|i| !used_t.contains(i));
+        out
+    }
+
+    /// Pairs a class of look-alikes: unique, else by names, else by order.
+    /// Order evidence weaker than `min_order` is not used (the class waits).
+    fn resolve_class(
+        &self,
+        a: &[Item],
+        b: &[Item],
+        roots: (&str, &str),
+        equal: bool,
+        min_order: Strength,
+    ) -> Vec<Pair> {
+        if a.len() == 1 && b.len() == 1 {
+            return if self.allowed(a[0], b[0]) {
+                vec![Pair {
+                    s: a[0],
+                    t: b[0],
+                    resolution: Resolution::Unique,
+                    detail: "the only one with this signature".into(),
+                }]
+            } else {
+                vec![]
+            };
+        }
+        let n_class = a.len().max(b.len());
+        let mut rs: Vec<Item> = a.to_vec();
+        let mut rt: Vec<Item> = b.to_vec();
+        let mut out = vec![];
+        if self.use_names {
+            let mut ts: Vec<Vec<Token>> = rs
+                .iter()
+                .map(|&i| self.s.relative_tokens(i, roots.0))
+                .collect();
+            let mut tt: Vec<Vec<Token>> = rt
+                .iter()
+                .map(|&i| self.t.relative_tokens(i, roots.1))
+                .collect();
+            loop {
+                let mut edges = vec![];
+                for (i, x) in rs.iter().enumerate() {
+                    for (j, y) in rt.iter().enumerate() {
+                        if self.allowed(*x, *y) {
+                            edges.push(Edge {
+                                row: i,
+                                col: j,
+                                score: local_name_similarity(&ts[i], &tt[j]),
+                            });
+                        }
+                    }
+                }
+                let accepted: Vec<(usize, usize)> = assign(rs.len(), &edges)
+                    .into_iter()
+                    .filter(|x| x.score > 0.0 && x.margin >= NAME_MARGIN)
+                    .map(|x| (x.row, x.col))
+                    .collect();
+                if accepted.is_empty() {
+                    break;
+                }
+                let (ri, ci): (HashSet<usize>, HashSet<usize>) = (
+                    accepted.iter().map(|x| x.0).collect(),
+                    accepted.iter().map(|x| x.1).collect(),
+                );
+                for &(i, j) in &accepted {
+                    out.push(Pair {
+                        s: rs[i],
+                        t: rt[j],
+                        resolution: Resolution::Names,
+                        detail: format!("told apart from {n_class} look-alikes by name"),
+                    });
+                }
+                let keep = |v: &mut Vec<Item>, idx: &HashSet<usize>| {
+                    let mut k = 0;
+                    v.retain(|_| {
+                        k += 1;
+                        !idx.contains(&(k - 1))
+                    })
+                };
+                keep(&mut rs, &ri);
+                keep(&mut rt, &ci);
+                let mut k = 0;
+                ts.retain(|_| {
+                    k += 1;
+                    !ri.contains(&(k - 1))
+                });
+                let mut k = 0;
+                tt.retain(|_| {
+                    k += 1;
+                    !ci.contains(&(k - 1))
+                });
+                if rs.is_empty() || rt.is_empty() {
+                    break;
+                }
+            }
+        }
+        if self.use_names && !rs.is_empty() && !rt.is_empty() {
+            for (i, j, why) in self.relational(&rs, &rt) {
+                out.push(Pair {
+                    s: rs[i],
+                    t: rt[j],
+                    resolution: Resolution::Relation,
+                    detail: why,
+                });
+            }
+            let (used_s, used_t): (HashSet<Item>, HashSet<Item>) = (
+                out.iter().map(|p| p.s).collect(),
+                out.iter().map(|p| p.t).collect(),
+            );
+            rs.retain(|x| !used_s.contains(x));
+            rt.retain(|x| !used_t.contains(x));
+        }
+        if !equal || rs.is_empty() || rs.len() != rt.len() {
+            return out;
+        }
+        if rs.len() == 1 && !out.is_empty() {
+            if self.allowed(rs[0], rt[0]) {
+                out.push(Pair {
+                    s: rs[0],
+                    t: rt[0],
+                    resolution: Resolution::Elimination,
+                    detail: format!(
+                        "the last of {n_class} look-alikes once the others were told apart"
+                    ),
+                });
+            }
+            return out;
+        }
+        if let (Some((ro, so)), Some((rto, sto))) =
+            (self.s.class_order(&rs), self.t.class_order(&rt))
+        {
+            let strength = so.min(sto);
+            if strength < min_order {
+                return out;
+            }
+            let mut by_rank_t = vec![0; rt.len()];
+            for (j, &r) in rto.iter().enumerate() {
+                by_rank_t[r] = j;
+            }
+            for (i, &r) in ro.iter().enumerate() {
+                let j = by_rank_t[r];
+                if self.allowed(rs[i], rt[j]) {
+                    out.push(Pair {
+                        s: rs[i],
+                        t: rt[j],
+                        resolution: resolution_of(strength),
+                        detail: format!(
+                            "{} of {} look-alikes, chosen by {} (source: {}, target: {})",
+                            r + 1,
+                            rs.len(),
+                            order_words(strength),
+                            order_words(so),
+                            order_words(sto)
+                        ),
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// Look-alikes whose name places them relative to a module of the level
+    /// (`post_attention_layernorm`: after the attention module): the target counterpart
+    /// must lie on that side of the anchor's counterpart in the target's execution order.
+    /// Returns (source index, target index, detail) for look-alikes this decides alone.
+    fn relational(&self, rs: &[Item], rt: &[Item]) -> Vec<(usize, usize, String)> {
+        let mut out = vec![];
+        for (i, &x) in rs.iter().enumerate() {
+            let last = self
+                .s
+                .components(x)
+                .last()
+                .map(|c| c.to_ascii_lowercase())
+                .unwrap_or_default();
+            let pieces: Vec<&str> = last.split('_').collect();
+            let Some(k) = pieces
+                .iter()
+                .position(|p| RELATIONAL_AFTER.contains(p) || RELATIONAL_BEFORE.contains(p))
+            else {
+                continue;
+            };
+            let after = RELATIONAL_AFTER.contains(&pieces[k]);
+            let Some(Token::Word(word)) = pieces
+                .get(k + 1)
+                .and_then(|w| tokenize(w).into_iter().next())
+            else {
+                continue;
+            };
+            // The anchor: the one paired item of this level whose own name has that word.
+            let anchors: Vec<(&Item, &Item)> = self
+                .level_pairs
+                .iter()
+                .filter(|(a, _)| {
+                    self.s
+                        .components(**a)
+                        .last()
+                        .is_some_and(|c| tokenize(c).contains(&Token::Word(word.clone())))
+                })
+                .collect();
+            let [(anchor, partner)] = anchors[..] else {
+                continue;
+            };
+            let Some(pe) = self.t.item_exec(*partner) else {
+                continue;
+            };
+            let fits: Vec<usize> = (0..rt.len())
+                .filter(|&j| {
+                    self.t
+                        .item_exec(rt[j])
+                        .is_some_and(|e| if after { e > pe } else { e < pe })
+                })
+                .collect();
+            if let [j] = fits[..] {
+                if self.allowed(x, rt[j]) && !out.iter().any(|o: &(usize, usize, String)| o.1 == j)
+                {
+                    out.push((
+                        i,
+                        j,
+                        format!(
+                            "its name places it {} {}, whose counterpart {} it follows in execution order",
+                            if after { "after" } else { "before" },
+                            self.s.item_path(*anchor),
+                            self.t.item_path(*partner)
+                        ),
+                    ));
+                }
+            }
+        }
+        out
+    }
+
+    /// Pairs modules with clearly similar but unequal content.
+    fn approx_pairs(
+        &self,
+        ps: &mut Vec<Item>,
+        pt: &mut Vec<Item>,
+        roots: (&str, &str),
+    ) -> Vec<Pair> {
+        let ms: Vec<Item> = ps
+            .iter()
+            .copied()
+            .filter(|i| matches!(i, Item::Node(_)))
+            .collect();
+        let mt: Vec<Item> = pt
+            .iter()
+            .copied()
+            .filter(|i| matches!(i, Item::Node(_)))
+            .collect();
+        if ms.is_empty() || mt.is_empty() || ms.len() * mt.len() > APPROX_MAX_PAIRS {
+            return vec![];
+        }
+        let pool_sig = |side: &SideModel, pool: &[Item]| {
+            let mut v: Vec<u64> = pool.iter().flat_map(|&i| side.item_sig(i)).collect();
+            v.sort_unstable();
+            v
+        };
+        let all_s = pool_sig(self.s, ps);
+        let all_t = pool_sig(self.t, pt);
+        // Per loose signature: the union of all pool items with that signature.
+        let alike = |side: &SideModel, pool: &[Item]| {
+            let mut m: HashMap<u64, Vec<u64>> = HashMap::new();
+            for &i in pool {
+                m.entry(side.item_hash(i, true))
+                    .or_default()
+                    .extend(side.item_sig(i));
+            }
+            m.values_mut().for_each(|v| v.sort_unstable());
+            m
+        };
+        let alike_s = alike(self.s, ps);
+        let alike_t = alike(self.t, pt);
+        let child_sigs = |side: &SideModel, it: Item| -> Vec<Vec<u64>> {
+            match it {
+                Item::Node(x) => side
+                    .children_items(x)
+                    .into_iter()
+                    .map(|c| side.item_sig(c))
+                    .collect(),
+                Item::Unit(_) => vec![],
+            }
+        };
+        let mut valid: Vec<(Item, Item, f64)> = vec![];
+        for &a in &ms {
+            let sa = self.s.item_sig(a);
+            let ca = child_sigs(self.s, a);
+            for &b in &mt {
+                let sb = self.t.item_sig(b);
+                let d = dice(&sa, &sb);
+                if d < APPROX_MIN_DICE {
+                    continue;
+                }
+                if child_sigs(self.t, b).iter().any(|c| dice(&sa, c) > d)
+                    || ca.iter().any(|c| dice(c, &sb) > d)
+                {
+                    continue;
+                }
+                // Other items of the pools, look-alikes of `a` and `b` excluded (repeated
+                // blocks all hold the same kinds of units).
+                let others_t = minus(&all_t, &alike_t[&self.t.item_hash(b, true)]);
+                let others_s = minus(&all_s, &alike_s[&self.s.item_hash(a, true)]);
+                let rem_a = minus(&sa, &sb);
+                let rem_b = minus(&sb, &sa);
+                if minus(&rem_a, &others_t).len() < rem_a.len()
+                    || minus(&rem_b, &others_s).len() < rem_b.len()
+                {
+                    continue;
+                }
+                valid.push((a, b, d));
+            }
+        }
+        let Some(dmax) = valid.iter().map(|v| v.2).reduce(f64::max) else {
+            return vec![];
+        };
+        let mut sa: Vec<Item> = vec![];
+        let mut sb: Vec<Item> = vec![];
+        for v in valid.iter().filter(|v| (v.2 - dmax).abs() < 1e-12) {
+            if !sa.contains(&v.0) {
+                sa.push(v.0);
+            }
+            if !sb.contains(&v.1) {
+                sb.push(v.1);
+            }
+        }
+        let mut out = self.resolve_class(&sa, &sb, roots, sa.len() == sb.len(), Strength::Weak);
+        for p in out.iter_mut() {
+            if p.resolution == Resolution::Unique {
+                p.resolution = Resolution::Similarity;
+                p.detail = format!("similar content (Dice {dmax:.2} over module signatures)");
+            } else {
+                p.detail = format!("{}; similar content (Dice {dmax:.2})", p.detail);
+            }
+        }
+        let used_s: HashSet<Item> = out.iter().map(|p| p.s).collect();
+        let used_t: HashSet<Item> = out.iter().map(|p| p.t).collect();
+        ps.retain(|i| !used_s.contains(i));
+        pt.retain(|i| !used_t.contains(i));
+        out
+    }
+
+    /// Opens up the largest unpaired module of either pool.
+    fn expand_largest(&self, ps: &mut Vec<Item>, pt: &mut Vec<Item>) -> bool {
+        let mut best: Option<(bool, usize, usize)> = None; // (is_source, index, size)
+        for (is_source, pool, side) in [(true, &*ps, self.s), (false, &*pt, self.t)] {
+            for (k, &it) in pool.iter().enumerate() {
+                if let Item::Node(_) = it {
+                    let size = side.item_size(it);
+                    if best.is_none_or(|b| size > b.2) {
+                        best = Some((is_source, k, size));
+                    }
+                }
+            }
+        }
+        let Some((is_source, k, _)) = best else {
+            return false;
+        };
+        let (pool, side) = if is_source {
+            (ps, self.s)
+        } else {
+            (pt, self.t)
+        };
+        let Item::Node(x) = pool[k] else { return false };
+        let kids = side.children_items(x);
+        pool.splice(k..=k, kids);
+        true
+    }
+
+    /// Finds fused units against separate ones among the units of a level.
+    fn detect_splits(&mut self, ps: &mut Vec<Item>, pt: &mut Vec<Item>) -> bool {
+        let units = |pool: &[Item]| -> Vec<usize> {
+            pool.iter()
+                .filter_map(|i| {
+                    if let Item::Unit(u) = i {
+                        Some(*u)
+                    } else {
+                        None
+                    }
+                })
+                .collect()
+        };
+        let (su, tu) = (units(ps), units(pt));
+        let loose_s: HashSet<u64> = su.iter().map(|&u| self.s.units[u].loose).collect();
+        let loose_t: HashSet<u64> = tu.iter().map(|&u| self.t.units[u].loose).collect();
+        let mut consumed_s: HashSet<usize> = HashSet::new();
+        let mut consumed_t: HashSet<usize> = HashSet::new();
+        // A source unit split into target units.
+        for &u in &su {
+            if loose_t.contains(&self.s.units[u].loose) || consumed_s.contains(&u) {
+                continue;
+            }
+            let cands: Vec<usize> = tu
+                .iter()
+                .copied()
+                .filter(|c| !consumed_t.contains(c))
+                .collect();
+            if let Some((members, axes)) = split_of(self.s, u, self.t, &cands) {
+                if members.iter().any(|&m| {
+                    self.incompat
+                        .forbidden(&self.s.units[u].label, &self.t.units[m].label)
+                }) {
+                    continue;
+                }
+                for (role, axis) in axes {
+                    let Some(&(_, si)) = self.s.units[u].tensors.iter().find(|(r, _)| *r == role)
+                    else {
+                        continue;
+                    };
+                    let tis: Vec<usize> = members
+                        .iter()
+                        .filter_map(|&m| {
+                            self.t.units[m]
+                                .tensors
+                                .iter()
+                                .find(|(r, _)| *r == role)
+                                .map(|x| x.1)
+                        })
+                        .collect();
+                    self.out.relations.push(Found {
+                        relation: ManyToOne {
+                            kind: ManyToOneKind::Split,
+                            sources: vec![self.s.spec.tensors[si].original_name.clone()],
+                            targets: tis
+                                .iter()
+                                .map(|&t| self.t.spec.tensors[t].original_name.clone())
+                                .collect(),
+                            axis,
+                            group_size: None,
+                        },
+                        source_tensors: vec![si],
+                        target_tensors: tis,
+                    });
+                }
+                consumed_s.insert(u);
+                consumed_t.extend(members);
+            }
+        }
+        // A target unit made of source units.
+        for &v in &tu {
+            if loose_s.contains(&self.t.units[v].loose) || consumed_t.contains(&v) {
+                continue;
+            }
+            let cands: Vec<usize> = su
+                .iter()
+                .copied()
+                .filter(|c| !consumed_s.contains(c))
+                .collect();
+            if let Some((members, axes)) = split_of(self.t, v, self.s, &cands) {
+                if members.iter().any(|&m| {
+                    self.incompat
+                        .forbidden(&self.s.units[m].label, &self.t.units[v].label)
+                }) {
+                    continue;
+                }
+                for (role, axis) in axes {
+                    let Some(&(_, ti)) = self.t.units[v].tensors.iter().find(|(r, _)| *r == role)
+                    else {
+                        continue;
+                    };
+                    let sis: Vec<usize> = members
+                        .iter()
+                        .filter_map(|&m| {
+                            self.s.units[m]
+                                .tensors
+                                .iter()
+                                .find(|(r, _)| *r == role)
+                                .map(|x| x.1)
+                        })
+                        .collect();
+                    self.out.relations.push(Found {
+                        relation: ManyToOne {
+                            kind: ManyToOneKind::Concat,
+                            sources: sis
+                                .iter()
+                                .map(|&s| self.s.spec.tensors[s].original_name.clone())
+                                .collect(),
+                            targets: vec![self.t.spec.tensors[ti].original_name.clone()],
+                            axis,
+                            group_size: None,
+                        },
+                        source_tensors: sis,
+                        target_tensors: vec![ti],
+                    });
+                }
+                consumed_t.insert(v);
+                consumed_s.extend(members);
+            }
+        }
+        if consumed_s.is_empty() && consumed_t.is_empty() {
+            return false;
+        }
+        ps.retain(|i| !matches!(i, Item::Unit(u) if consumed_s.contains(u)));
+        pt.retain(|i| !matches!(i, Item::Unit(u) if consumed_t.contains(u)));
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dice_and_minus() {
+        assert_eq!(dice(&[1, 2, 2, 3], &[2, 2, 3, 4]), 0.75);
+        assert_eq!(minus(&[1, 2, 2, 3], &[2, 3]), vec![1, 2]);
+        assert_eq!(minus(&[5], &[1, 2]), vec![5]);
+    }
+
+    #[test]
+    fn incompatible_chunks() {
+        let inc = Incompat::new(&[(
+            vec!["backbone".into(), "encoder".into()],
+            vec!["head".into(), "classifier".into()],
+        )]);
+        assert!(inc.forbidden("backbone.layer1.weight", "head.weight"));
+        assert!(inc.forbidden("heads.0.weight", "encoder.x.weight"));
+        assert!(inc.forbidden("model.encoder_block.w", "classifier.w"));
+        assert!(!inc.forbidden("backbone.layer1.weight", "encoder.layer1.weight"));
+        assert!(!inc.forbidden("multihead.weight", "backbone.weight"));
+    }
+}

@@ -1,0 +1,166 @@
+//! Progress bars for stages that can take more than a second (reading shards, tracing,
+//! scoring, solving, writing).
+//!
+//! A [`Progress`] stays invisible until its stage has run for [`SHOW_AFTER`], so quick
+//! runs print nothing; it is never drawn when [`set_quiet`] was called (`--quiet`) or when
+//! stderr is not a terminal (pipes, CI logs, tests). It is cheap to update from many
+//! threads: clones share one bar.
+//!
+//! ```
+//! let p = weightmap::progress::Progress::new(3, "scoring");
+//! for _ in 0..3 {
+//!     p.inc(1);
+//! }
+//! p.finish();
+//! ```
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::io::IsTerminal;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long a stage runs before its bar appears: shorter stages never draw one.
+pub const SHOW_AFTER: Duration = Duration::from_secs(1);
+
+/// Set by `--quiet`: no bar is drawn anywhere in the process.
+static QUIET: AtomicBool = AtomicBool::new(false);
+
+/// Hides (true) or allows (false) every progress bar of the process.
+pub fn set_quiet(quiet: bool) {
+    QUIET.store(quiet, Ordering::Relaxed);
+}
+
+/// Whether bars are hidden by [`set_quiet`].
+pub fn is_quiet() -> bool {
+    QUIET.load(Ordering::Relaxed)
+}
+
+/// A progress bar for one stage; see the module documentation.
+#[derive(Clone)]
+pub struct Progress {
+    bar: ProgressBar,
+    /// False when the bar must never be drawn (quiet, or stderr not a terminal).
+    allowed: bool,
+    /// Set once the bar has been attached to stderr.
+    shown: Arc<AtomicBool>,
+    start: Instant,
+}
+
+impl Progress {
+    /// A bar for `stage` (a short verb: "reading", "scoring") that counts to `len`.
+    pub fn new(len: u64, stage: &str) -> Self {
+        Self::with_visibility(len, stage, !is_quiet() && std::io::stderr().is_terminal())
+    }
+
+    /// A spinner for a stage whose length is not known in advance.
+    pub fn spinner(stage: &str) -> Self {
+        let p = Self::new(0, stage);
+        p.bar.set_style(
+            ProgressStyle::with_template("{spinner} {prefix} {pos} [{elapsed}]")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        );
+        p
+    }
+
+    /// As [`Progress::new`], with the decision to draw made by the caller (tests).
+    pub fn with_visibility(len: u64, stage: &str, allowed: bool) -> Self {
+        let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::hidden());
+        // The template is a constant, so parsing it cannot fail; fall back to the default anyway.
+        let style =
+            ProgressStyle::with_template("{prefix:>9} [{bar:30}] {pos}/{len} [{elapsed}<{eta}]")
+                .map(|s| s.progress_chars("=> "))
+                .unwrap_or_else(|_| ProgressStyle::default_bar());
+        bar.set_style(style);
+        bar.set_prefix(stage.to_string());
+        Progress {
+            bar,
+            allowed,
+            shown: Arc::new(AtomicBool::new(false)),
+            start: Instant::now(),
+        }
+    }
+
+    /// Advances by `n` steps; draws the bar once the stage has run for [`SHOW_AFTER`].
+    pub fn inc(&self, n: u64) {
+        self.bar.inc(n);
+        self.maybe_show();
+    }
+
+    /// Sets the position to `pos` steps.
+    pub fn set_position(&self, pos: u64) {
+        self.bar.set_position(pos);
+        self.maybe_show();
+    }
+
+    /// Changes the total (when it becomes known).
+    pub fn set_length(&self, len: u64) {
+        self.bar.set_length(len);
+    }
+
+    /// The current position.
+    pub fn position(&self) -> u64 {
+        self.bar.position()
+    }
+
+    /// Whether the bar is drawn on stderr now.
+    pub fn is_visible(&self) -> bool {
+        self.shown.load(Ordering::Relaxed)
+    }
+
+    /// Ends the stage and erases the bar.
+    pub fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+
+    fn maybe_show(&self) {
+        if self.allowed
+            && !self.shown.load(Ordering::Relaxed)
+            && self.start.elapsed() >= SHOW_AFTER
+            && !is_quiet()
+        {
+            // Only one thread attaches the bar.
+            if !self.shown.swap(true, Ordering::Relaxed) {
+                self.bar.set_draw_target(ProgressDrawTarget::stderr());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_and_stays_hidden_when_not_allowed() {
+        let p = Progress::with_visibility(10, "scoring", false);
+        let clone = p.clone();
+        std::thread::scope(|s| {
+            s.spawn(|| clone.inc(4));
+            s.spawn(|| p.inc(5));
+        });
+        assert_eq!(p.position(), 9);
+        std::thread::sleep(SHOW_AFTER + Duration::from_millis(10));
+        p.inc(1);
+        assert_eq!(p.position(), 10);
+        assert!(
+            !p.is_visible(),
+            "a bar that is not allowed must never be drawn"
+        );
+        p.finish();
+    }
+
+    #[test]
+    fn allowed_bar_appears_only_after_the_delay() {
+        let p = Progress::with_visibility(3, "solving", true);
+        p.inc(1);
+        assert!(
+            !p.is_visible(),
+            "stages shorter than SHOW_AFTER draw nothing"
+        );
+        std::thread::sleep(SHOW_AFTER + Duration::from_millis(10));
+        p.inc(1);
+        assert!(p.is_visible());
+        p.finish();
+    }
+}

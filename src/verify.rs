@@ -1,0 +1,548 @@
+//! The verify stage: loads a checkpoint into a TorchScript target through libtorch, reports
+//! what loaded the way Hugging Face's loading report does (MISSING, UNEXPECTED, MISMATCHED,
+//! TRANSFORMED), runs `forward` on dummy inputs and, given the source model, compares the
+//! two models' outputs.
+//!
+//! Loading copies each checkpoint tensor into the module's own tensor (`copy_` under
+//! `no_grad`), one tensor in memory at a time. Target tensors the checkpoint lacks keep
+//! their initial values; with `strict`, a parameter left that way fails the check unless
+//! it is allowed to be new (a fresh classifier head).
+//!
+//! The comparison: the source model runs with its own weights (as saved in its TorchScript
+//! file, or loaded from `source_checkpoint`), the target runs with the adapted checkpoint,
+//! both on the same seeded inputs; they agree when every output element is within
+//! `tolerance` (absolute plus relative, as `torch.allclose(atol=rtol=tolerance)`).
+
+use crate::apply::mapping::Mapping;
+use crate::apply::{TensorData, TRANSFORMS_METADATA_KEY};
+use crate::error::{Error, Result};
+use crate::spec::{Format, ModelSpec, TensorInfo, TensorKind};
+use crate::trace::{make_inputs, InputSpec, ScriptModule};
+use serde::Serialize;
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use tch::{Device, Kind, Tensor};
+
+/// Default tolerance of the output comparison (atol = rtol), as `bench/score.py` uses.
+pub const DEFAULT_TOLERANCE: f64 = 1e-4;
+
+/// Side of the square image used for default inputs of convolutional models (the common
+/// ImageNet size); a second try uses [`SMALL_IMAGE_SIDE`] for models trained on small images.
+const DEFAULT_IMAGE_SIDE: i64 = 224;
+/// Fallback side for default image inputs (CIFAR-sized models, fixed position embeddings).
+const SMALL_IMAGE_SIDE: i64 = 32;
+/// Sequence length of default token inputs.
+const DEFAULT_SEQUENCE: i64 = 16;
+/// Length of default inputs of 1-D convolutions (audio, signals).
+const DEFAULT_SIGNAL: i64 = 128;
+
+/// Options of [`verify`].
+#[derive(Debug, Clone, Default)]
+pub struct VerifyOptions {
+    /// Dummy inputs; empty means "work them out from the target's first layer".
+    pub inputs: Vec<InputSpec>,
+    /// A TorchScript source model to compare outputs with.
+    pub source_model: Option<PathBuf>,
+    /// A checkpoint to load into the source model first (its own weights otherwise).
+    pub source_checkpoint: Option<PathBuf>,
+    /// Fail when a target parameter keeps its initial values.
+    pub strict: bool,
+    /// Names or prefixes of target tensors meant to be new (excluded from `strict`).
+    pub allow_new: Vec<String>,
+    /// Tolerance of the output comparison; `None` for [`DEFAULT_TOLERANCE`].
+    pub tolerance: Option<f64>,
+    /// A mapping whose transforms to list as TRANSFORMED (safetensors written by apply
+    /// record them themselves).
+    pub mapping: Option<Mapping>,
+    /// The device to run on.
+    pub device: Option<Device>,
+}
+
+/// A target tensor the checkpoint does not provide.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MissingTensor {
+    /// The target name.
+    pub name: String,
+    /// Parameter or buffer.
+    pub kind: TensorKind,
+    /// Whether `allow_new` covers it.
+    pub allowed: bool,
+}
+
+/// A checkpoint tensor whose shape or dtype differs from the target's.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MismatchedTensor {
+    /// The name.
+    pub name: String,
+    /// Shape in the checkpoint.
+    pub checkpoint_shape: Vec<i64>,
+    /// Shape in the target.
+    pub target_shape: Vec<i64>,
+    /// Dtype in the checkpoint.
+    pub checkpoint_dtype: String,
+    /// Dtype in the target.
+    pub target_dtype: String,
+    /// True when only the dtype differs: the values were loaded, cast to the target's dtype.
+    pub loaded_with_cast: bool,
+}
+
+/// A tensor whose data was transformed on its way from the source.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TransformedTensor {
+    /// The target name.
+    pub name: String,
+    /// The transform (`transpose`, `reshape [8, 4]`).
+    pub transform: String,
+}
+
+/// The comparison of the target's output with the source model's.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Comparison {
+    /// The source model.
+    pub source_model: String,
+    /// Shape of the source output.
+    pub source_shape: Vec<i64>,
+    /// Largest absolute difference (infinite when the shapes differ).
+    pub max_abs_diff: f64,
+    /// Cosine similarity of the flattened outputs (0 when the shapes differ).
+    pub cosine: f64,
+    /// The tolerance used.
+    pub tolerance: f64,
+    /// Whether the outputs agree within the tolerance.
+    pub pass: bool,
+}
+
+/// The result of [`verify`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct VerifyReport {
+    /// The checkpoint.
+    pub checkpoint: String,
+    /// The TorchScript target.
+    pub target: String,
+    /// Tensors copied into the target.
+    pub loaded: usize,
+    /// Target tensors the checkpoint lacks (they keep their initial values).
+    pub missing: Vec<MissingTensor>,
+    /// Checkpoint tensors the target does not have.
+    pub unexpected: Vec<String>,
+    /// Checkpoint tensors whose shape or dtype differs from the target's.
+    pub mismatched: Vec<MismatchedTensor>,
+    /// Tensors whose data was transformed by apply.
+    pub transformed: Vec<TransformedTensor>,
+    /// The inputs the forward pass used.
+    pub inputs: Vec<String>,
+    /// Shape of the target's output, when forward ran.
+    pub output_shape: Option<Vec<i64>>,
+    /// Why forward failed or gave non-finite values, if it did.
+    pub forward_error: Option<String>,
+    /// The output comparison, with a source model.
+    pub comparison: Option<Comparison>,
+    /// Parameters that keep their initial values and are not allowed to (fails `strict`).
+    pub uncovered_parameters: Vec<String>,
+    /// Whether `strict` was asked for.
+    pub strict: bool,
+    /// The reasons the check failed; empty when it passed.
+    pub failures: Vec<String>,
+    /// Whether the check passed.
+    pub pass: bool,
+}
+
+/// The tch kind of a torch dtype name.
+pub fn kind_of(dtype: &str) -> Option<Kind> {
+    Some(match dtype {
+        "float32" => Kind::Float,
+        "float64" => Kind::Double,
+        "float16" => Kind::Half,
+        "bfloat16" => Kind::BFloat16,
+        "int64" => Kind::Int64,
+        "int32" => Kind::Int,
+        "int16" => Kind::Int16,
+        "int8" => Kind::Int8,
+        "uint8" => Kind::Uint8,
+        "bool" => Kind::Bool,
+        "complex64" => Kind::ComplexFloat,
+        "complex128" => Kind::ComplexDouble,
+        "float8_e4m3fn" => Kind::Float8e4m3fn,
+        "float8_e5m2" => Kind::Float8e5m2,
+        _ => return None,
+    })
+}
+
+fn torch_err(context: &Path, e: tch::TchError) -> Error {
+    Error::Torch {
+        context: context.display().to_string(),
+        message: crate::trace::ffi::one_line(&e.to_string()),
+    }
+}
+
+/// Reads tensor `t` of an opened checkpoint into a CPU tensor.
+pub fn load_tensor(data: &TensorData, t: &TensorInfo, path: &Path) -> Result<Tensor> {
+    let kind = kind_of(&t.dtype).ok_or_else(|| Error::Unsupported {
+        path: path.into(),
+        message: format!(
+            "tensor '{}': dtype {} cannot be loaded into libtorch",
+            t.original_name, t.dtype
+        ),
+    })?;
+    let bytes = data.read(t)?;
+    Tensor::f_from_data_size(&bytes, &t.shape, kind).map_err(|e| torch_err(path, e))
+}
+
+/// What loading a checkpoint into a module did.
+struct LoadResult {
+    loaded: usize,
+    loaded_names: HashSet<String>,
+    unexpected: Vec<String>,
+    mismatched: Vec<MismatchedTensor>,
+}
+
+/// Copies the tensors of `checkpoint` into `module` by name (the name as stored when the
+/// module has it, else the normalized one).
+fn load_into(module: &ScriptModule, checkpoint: &ModelSpec, path: &Path) -> Result<LoadResult> {
+    let data = TensorData::open(checkpoint)?;
+    let mut targets: HashMap<String, Tensor> = module.named_tensors().into_iter().collect();
+    let entries: HashMap<&str, &crate::trace::StateEntry> = module
+        .state_entries()
+        .iter()
+        .map(|e| (e.name.as_str(), e))
+        .collect();
+    let mut result = LoadResult {
+        loaded: 0,
+        loaded_names: HashSet::new(),
+        unexpected: vec![],
+        mismatched: vec![],
+    };
+    for t in &checkpoint.tensors {
+        let name = if entries.contains_key(t.original_name.as_str()) {
+            &t.original_name
+        } else {
+            &t.name
+        };
+        let (Some(entry), Some(dst)) = (entries.get(name.as_str()), targets.get_mut(name.as_str()))
+        else {
+            result.unexpected.push(name.clone());
+            continue;
+        };
+        let shape_ok = entry.shape == t.shape;
+        if !shape_ok || entry.dtype != t.dtype {
+            result.mismatched.push(MismatchedTensor {
+                name: name.clone(),
+                checkpoint_shape: t.shape.clone(),
+                target_shape: entry.shape.clone(),
+                checkpoint_dtype: t.dtype.clone(),
+                target_dtype: entry.dtype.clone(),
+                loaded_with_cast: shape_ok,
+            });
+            if !shape_ok {
+                continue;
+            }
+        }
+        let src = load_tensor(&data, t, path)?;
+        tch::no_grad(|| dst.f_copy_(&src)).map_err(|e| torch_err(path, e))?;
+        result.loaded += 1;
+        result.loaded_names.insert(name.clone());
+    }
+    Ok(result)
+}
+
+/// Whether `name` is `pattern` or lies under it (`head` covers `head.weight`).
+fn allowed(name: &str, patterns: &[String]) -> bool {
+    patterns.iter().any(|p| {
+        let p = p.trim_end_matches('.');
+        !p.is_empty()
+            && (name == p
+                || name
+                    .strip_prefix(p)
+                    .is_some_and(|rest| rest.starts_with('.')))
+    })
+}
+
+/// Inputs for `module` worked out from the first tensor its forward uses: token ids for an
+/// embedding, an image for a 2-D convolution, a signal for a 1-D one, a vector for a linear
+/// layer. `None` when the first layer says nothing usable.
+pub fn default_inputs(module: &ScriptModule) -> Vec<Vec<InputSpec>> {
+    let Ok(order) = module.static_order() else {
+        return vec![];
+    };
+    let Some(first) = order.order.first() else {
+        return vec![];
+    };
+    let op = first.op.as_deref().unwrap_or("");
+    let shape = &first.shape;
+    let spec = |s: &str| s.parse::<InputSpec>().ok();
+    let candidates: Vec<Option<InputSpec>> = if op.contains("embedding") && shape.len() == 2 {
+        vec![spec(&format!("1x{DEFAULT_SEQUENCE}:i64:0-{}", shape[0]))]
+    } else if op.contains("conv") && shape.len() == 4 {
+        [DEFAULT_IMAGE_SIDE, SMALL_IMAGE_SIDE]
+            .iter()
+            .map(|s| spec(&format!("1x{}x{s}x{s}", shape[1])))
+            .collect()
+    } else if op.contains("conv") && shape.len() == 3 {
+        vec![spec(&format!("1x{}x{DEFAULT_SIGNAL}", shape[1]))]
+    } else if (op.contains("linear") || op.contains("addmm") || op.contains("matmul"))
+        && shape.len() == 2
+    {
+        vec![spec(&format!("1x{}", shape[1]))]
+    } else {
+        vec![]
+    };
+    candidates.into_iter().flatten().map(|s| vec![s]).collect()
+}
+
+/// Largest absolute difference and cosine similarity of two outputs of equal shape.
+fn compare(a: &Tensor, b: &Tensor, tolerance: f64) -> (f64, f64, bool) {
+    let a = a.to_kind(Kind::Double).flatten(0, -1);
+    let b = b.to_kind(Kind::Double).flatten(0, -1);
+    let diff = (&a - &b).abs();
+    let max = if diff.numel() == 0 {
+        0.0
+    } else {
+        diff.max().double_value(&[])
+    };
+    let dot = (&a * &b).sum(Kind::Double).double_value(&[]);
+    let norms = a.norm().double_value(&[]) * b.norm().double_value(&[]);
+    let cosine = if norms == 0.0 {
+        if max == 0.0 {
+            1.0
+        } else {
+            0.0
+        }
+    } else {
+        dot / norms
+    };
+    // allclose(a, b, atol=tol, rtol=tol): |a - b| <= tol + tol * |b|
+    let limit = b.abs() * tolerance + tolerance;
+    let close = diff.numel() == 0 || bool::try_from(diff.le_tensor(&limit).all()).unwrap_or(false);
+    (max, cosine, close && max.is_finite())
+}
+
+fn is_finite(t: &Tensor) -> bool {
+    if !t.is_floating_point() {
+        return true;
+    }
+    t.numel() == 0 || bool::try_from(t.isfinite().all()).unwrap_or(false)
+}
+
+/// Loads `checkpoint` (already read into a spec) into the TorchScript `target`, runs it and
+/// reports; see the module documentation.
+pub fn verify(
+    checkpoint: &ModelSpec,
+    target: &Path,
+    options: &VerifyOptions,
+) -> Result<VerifyReport> {
+    let device = options.device.unwrap_or(Device::Cpu);
+    let checkpoint_path = PathBuf::from(&checkpoint.path);
+    let module = ScriptModule::load(target, device)?;
+    let load = load_into(&module, checkpoint, &checkpoint_path)?;
+
+    // MISSING: state-dict tensors of the target not loaded, directly or through a tie.
+    // Tensors with a mismatched shape are listed as MISMATCHED, not again as MISSING, but
+    // they too keep their initial values.
+    let mismatched: HashSet<&str> = load
+        .mismatched
+        .iter()
+        .filter(|m| !m.loaded_with_cast)
+        .map(|m| m.name.as_str())
+        .collect();
+    let mut missing = vec![];
+    let mut uncovered = vec![];
+    for e in module.state_entries() {
+        if !e.persistent || load.loaded_names.contains(&e.name) {
+            continue;
+        }
+        if e.tied_to
+            .as_ref()
+            .is_some_and(|t| load.loaded_names.contains(t))
+        {
+            continue;
+        }
+        let ok = allowed(&e.name, &options.allow_new);
+        if e.kind == TensorKind::Parameter && !ok {
+            uncovered.push(e.name.clone());
+        }
+        if !mismatched.contains(e.name.as_str()) {
+            missing.push(MissingTensor {
+                name: e.name.clone(),
+                kind: e.kind,
+                allowed: ok,
+            });
+        }
+    }
+
+    let transformed = transformed_tensors(checkpoint, options.mapping.as_ref());
+
+    // Forward on the given or default inputs.
+    let tolerance = options.tolerance.unwrap_or(DEFAULT_TOLERANCE);
+    let candidates = if options.inputs.is_empty() {
+        default_inputs(&module)
+    } else {
+        vec![options.inputs.clone()]
+    };
+    let mut failures = vec![];
+    let mut used_inputs = vec![];
+    let mut output = None;
+    let mut forward_error = None;
+    if candidates.is_empty() {
+        forward_error = Some(format!(
+            "cannot tell {}'s input from its first layer; pass --input (e.g. 1x3x224x224 or 1x16:i64:0-1000)",
+            target.display()
+        ));
+    }
+    for specs in &candidates {
+        let inputs = make_inputs(specs, device)?;
+        match module.forward(&inputs) {
+            Ok(out) => {
+                used_inputs = specs.clone();
+                output = Some((out, inputs));
+                forward_error = None;
+                break;
+            }
+            Err(e) => forward_error = Some(e.to_string()),
+        }
+    }
+    let mut output_shape = None;
+    let mut comparison = None;
+    if let Some((out, inputs)) = &output {
+        output_shape = Some(out.size());
+        if !is_finite(out) {
+            forward_error = Some("the target's output has NaN or infinite values".into());
+        } else if let Some(source_path) = &options.source_model {
+            let source = ScriptModule::load(source_path, device)?;
+            if let Some(ckpt) = &options.source_checkpoint {
+                let spec = crate::read::read_model(ckpt, &Default::default())?;
+                let r = load_into(&source, &spec, ckpt)?;
+                if let Some(m) = r.mismatched.iter().find(|m| !m.loaded_with_cast) {
+                    return Err(Error::Mismatch {
+                        context: format!("{} into {}", ckpt.display(), source_path.display()),
+                        message: format!(
+                            "'{}' has shape {:?}, the source model {:?}",
+                            m.name, m.checkpoint_shape, m.target_shape
+                        ),
+                    });
+                }
+            }
+            let reference = source.forward(inputs)?;
+            let (max_abs_diff, cosine, pass) = if reference.size() == out.size() {
+                compare(out, &reference, tolerance)
+            } else {
+                (f64::INFINITY, 0.0, false)
+            };
+            comparison = Some(Comparison {
+                source_model: source_path.display().to_string(),
+                source_shape: reference.size(),
+                max_abs_diff,
+                cosine,
+                tolerance,
+                pass,
+            });
+        }
+    }
+
+    if load.loaded == 0 && !checkpoint.tensors.is_empty() {
+        failures.push(
+            "no checkpoint tensor has a target name: was the mapping applied (weightmap apply)?"
+                .into(),
+        );
+    }
+    if let Some(e) = &forward_error {
+        failures.push(format!("forward: {e}"));
+    }
+    let shape_mismatches = load
+        .mismatched
+        .iter()
+        .filter(|m| !m.loaded_with_cast)
+        .count();
+    if shape_mismatches > 0 {
+        failures.push(format!(
+            "{shape_mismatches} tensor(s) with mismatched shapes were not loaded"
+        ));
+    }
+    if let Some(c) = &comparison {
+        if !c.pass {
+            failures.push(
+                if c.source_shape != output_shape.clone().unwrap_or_default() {
+                    format!(
+                        "output shapes differ: source {:?}, target {:?}",
+                        c.source_shape,
+                        output_shape.clone().unwrap_or_default()
+                    )
+                } else {
+                    format!(
+                        "outputs differ: max abs diff {:.3e} > tolerance {:.1e} (cosine {:.6})",
+                        c.max_abs_diff, c.tolerance, c.cosine
+                    )
+                },
+            );
+        }
+    }
+    if options.strict && !uncovered.is_empty() {
+        failures.push(format!(
+            "--strict: {} parameter(s) keep their initial values (e.g. '{}'); map them or list them with --allow-new",
+            uncovered.len(),
+            uncovered[0]
+        ));
+    }
+    Ok(VerifyReport {
+        checkpoint: checkpoint.path.clone(),
+        target: target.display().to_string(),
+        loaded: load.loaded,
+        missing,
+        unexpected: load.unexpected,
+        mismatched: load.mismatched,
+        transformed,
+        inputs: used_inputs.iter().map(|s| s.to_string()).collect(),
+        output_shape,
+        forward_error,
+        comparison,
+        uncovered_parameters: uncovered,
+        strict: options.strict,
+        pass: failures.is_empty(),
+        failures,
+    })
+}
+
+/// TRANSFORMED entries: from the mapping when given, else from the metadata apply writes
+/// into safetensors outputs.
+fn transformed_tensors(
+    checkpoint: &ModelSpec,
+    mapping: Option<&Mapping>,
+) -> Vec<TransformedTensor> {
+    if let Some(m) = mapping {
+        return m
+            .entries
+            .iter()
+            .filter_map(|e| {
+                e.transform.as_ref().map(|t| TransformedTensor {
+                    name: e.target.clone(),
+                    transform: t.describe(),
+                })
+            })
+            .collect();
+    }
+    if checkpoint.format != Format::Safetensors {
+        return vec![];
+    }
+    let Ok(header) = crate::read::safetensors::read_header(Path::new(&checkpoint.path)) else {
+        return vec![];
+    };
+    let Some(text) = header
+        .metadata
+        .as_ref()
+        .and_then(|m| m.get(TRANSFORMS_METADATA_KEY))
+        .and_then(|v| v.as_str())
+    else {
+        return vec![];
+    };
+    let Ok(serde_json::Value::Object(map)) = serde_json::from_str::<serde_json::Value>(text) else {
+        return vec![];
+    };
+    map.into_iter()
+        .map(|(name, v)| {
+            let transform = match &v {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            TransformedTensor { name, transform }
+        })
+        .collect()
+}

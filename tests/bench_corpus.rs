@@ -1,0 +1,131 @@
+//! The mapping engine on the benchmark corpus (`../shared/bench`), scored by the corpus'
+//! own `score.py`: on every case, from both `source.pth` and `source.safetensors`, no wrong
+//! pair, at least 95% of the one-to-one ground truth mapped, transposes flagged, and the
+//! keys of split/concat/stack transforms reported unmatched with that reason.
+//!
+//! Skipped, with a message, when the corpus or the Python with torch is absent.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use weightmap::mapper::{model_order, Mapper, MapperOptions, SuggestOptions, UnmatchedReason};
+
+/// Least share of the one-to-one ground truth that must be mapped.
+const MIN_RECALL: f64 = 0.95;
+
+fn bench_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/bench")
+}
+
+fn python() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python")
+}
+
+#[test]
+fn corpus_cases_score_perfect_precision() {
+    let bench = bench_dir();
+    if !bench.join("score.py").exists() || !python().exists() {
+        eprintln!(
+            "skipping: no corpus at {} or no Python at {}",
+            bench.display(),
+            python().display()
+        );
+        return;
+    }
+    let mut cases: Vec<PathBuf> = std::fs::read_dir(bench.join("corpus"))
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("case.json").exists())
+        .collect();
+    cases.sort();
+    assert!(!cases.is_empty());
+    let tmp = tempfile::tempdir().unwrap();
+    let mut failures = vec![];
+    for case in &cases {
+        let name = case.file_name().unwrap().to_string_lossy().to_string();
+        let truth: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(case.join("case.json")).unwrap()).unwrap();
+        let target_path = case.join("target.pt");
+        let target_order = model_order(&target_path, &[], tch::Device::Cpu).unwrap();
+        for source in ["source.pth", "source.safetensors"] {
+            let read = weightmap::ReadOptions::default();
+            let s = weightmap::read_model(&case.join(source), &read).unwrap();
+            let t = weightmap::read_model(&target_path, &read).unwrap();
+            let options = MapperOptions {
+                target_order: target_order.clone(),
+                ..Default::default()
+            };
+            let result = Mapper::new(s, t, options)
+                .unwrap()
+                .suggest_mapping(&SuggestOptions::default())
+                .unwrap();
+            let pred = tmp.path().join(format!("{name}_{source}.json"));
+            std::fs::write(
+                &pred,
+                serde_json::to_vec(&result.to_mapping_json()).unwrap(),
+            )
+            .unwrap();
+            let out = Command::new(python())
+                .arg(bench.join("score.py"))
+                .arg(case)
+                .arg(&pred)
+                .arg("--json")
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "score.py failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            let (p, rec) = (
+                r["precision"].as_f64().unwrap(),
+                r["recall"].as_f64().unwrap(),
+            );
+            eprintln!(
+                "{name:28} {source:19} P={p:.4} R={rec:.4} strict_F1={}",
+                r["strict_f1"]
+            );
+            if p != 1.0 || rec < MIN_RECALL {
+                failures.push(format!("{name} {source}: precision {p}, recall {rec}"));
+            }
+            if r["transpose_flag_correct"] != r["transpose_pairs"] {
+                failures.push(format!(
+                    "{name} {source}: transposes flagged {} of {}",
+                    r["transpose_flag_correct"], r["transpose_pairs"]
+                ));
+            }
+            if r["mapped_unmappable_source_keys"] != 0 {
+                failures.push(format!(
+                    "{name} {source}: {} unmappable source keys mapped",
+                    r["mapped_unmappable_source_keys"]
+                ));
+            }
+            // Keys of many-to-many transforms: unmatched, with that reason.
+            for tr in truth["transforms"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|t| t["kind"] != "transpose")
+            {
+                for key in tr["source"].as_array().unwrap() {
+                    let key = key.as_str().unwrap();
+                    let u = result
+                        .unmatched_source
+                        .iter()
+                        .find(|u| u.original_name == key);
+                    if !matches!(
+                        u.map(|u| &u.reason),
+                        Some(UnmatchedReason::ManyToOne { .. })
+                    ) {
+                        failures.push(format!(
+                            "{name} {source}: {key} ({}) not reported as split/stacked: {:?}",
+                            tr["kind"],
+                            u.map(|u| &u.reason)
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

@@ -1,0 +1,186 @@
+//! Scale: header-only DeepSeek-V3- and Qwen3-MoE-shaped cases (scripts/make_scale_cases.py)
+//! are read without touching data, the module tree is linear in wide models, and the
+//! batched candidate scoring finds every ground-truth counterpart.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use weightmap::score_tensor::{self, Block, CandidateOptions};
+use weightmap::spec::{Format, ModelSpec, TensorInfo, TensorKind};
+use weightmap::{read_model, ReadOptions};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Writes the small scale cases into a temporary folder with the generator script, or
+/// returns None (with a message) when no Python is available.
+fn make_cases(cases: &str) -> Option<tempfile::TempDir> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let venv = root().join(".venv/bin/python");
+    let python = if venv.exists() {
+        venv
+    } else {
+        PathBuf::from("python3")
+    };
+    let status = Command::new(&python)
+        .arg(root().join("scripts/make_scale_cases.py"))
+        .arg(dir.path())
+        .args(["--cases", cases])
+        .stdout(std::process::Stdio::null())
+        .status();
+    match status {
+        Ok(s) if s.success() => Some(dir),
+        other => {
+            eprintln!(
+                "SKIPPED: could not run scripts/make_scale_cases.py with {}: {other:?}",
+                python.display()
+            );
+            None
+        }
+    }
+}
+
+fn truth(case: &Path) -> HashMap<String, String> {
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(case.join("case.json")).unwrap()).unwrap();
+    v["ground_truth"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
+        .collect()
+}
+
+#[test]
+fn header_only_cases_read_without_data() {
+    let Some(dir) = make_cases("deepseek_v3_1k,qwen3_moe_1k") else {
+        return;
+    };
+    for case in ["deepseek_v3_1k", "qwen3_moe_1k"] {
+        let d = dir.path().join(case);
+        let gt = truth(&d);
+        let single = read_model(&d.join("source.safetensors"), &ReadOptions::default()).unwrap();
+        let sharded = read_model(
+            &d.join("source_sharded/model.safetensors.index.json"),
+            &ReadOptions::default(),
+        )
+        .unwrap();
+        let target = read_model(&d.join("target.json"), &ReadOptions::default()).unwrap();
+        let target_st = read_model(&d.join("target.safetensors"), &ReadOptions::default()).unwrap();
+        assert_eq!(single.format, Format::Safetensors);
+        assert_eq!(sharded.format, Format::SafetensorsSharded);
+        assert_eq!(target.format, Format::SpecJson);
+        assert_eq!(single.tensors.len(), gt.len());
+        assert_eq!(sharded.tensors.len(), gt.len());
+        // The target spec adds one non-persistent buffer; its safetensors form has only the state dict.
+        assert_eq!(target.tensors.len(), gt.len() + 1);
+        assert_eq!(target.tensors.iter().filter(|t| !t.persistent).count(), 1);
+        assert_eq!(target_st.tensors.len(), gt.len());
+        // The files declare gigabytes but hold (almost) nothing: the data is a sparse hole.
+        let declared = std::fs::metadata(d.join("source.safetensors"))
+            .unwrap()
+            .len();
+        assert!(declared > 1 << 30, "{case}: {declared} bytes declared");
+        let by_name: HashMap<&str, &TensorInfo> = target
+            .tensors
+            .iter()
+            .map(|t| (t.name.as_str(), t))
+            .collect();
+        for t in &sharded.tensors {
+            // Ground truth uses the names as written (normalization may strip `model.`).
+            let counterpart = by_name[gt[&t.original_name].as_str()];
+            assert_eq!(
+                t.shape, counterpart.shape,
+                "{} and {}",
+                t.original_name, counterpart.name
+            );
+            assert_eq!(t.dtype, counterpart.dtype);
+        }
+        // Hugging Face order: sorted by name, so the position carries nothing.
+        assert!(single
+            .tensors
+            .windows(2)
+            .all(|w| w[0].original_name < w[1].original_name));
+    }
+}
+
+#[test]
+fn module_tree_of_a_wide_model() {
+    // 20,000 top-level modules: a per-child linear search would be quadratic here.
+    let n = 20_000;
+    let tensors: Vec<TensorInfo> = (0..2 * n)
+        .map(|i| {
+            let leaf = if i % 2 == 0 { "weight" } else { "bias" };
+            TensorInfo::new(
+                &format!("m{}.{leaf}", (i / 2 * 7919) % n),
+                vec![4],
+                "float32",
+                TensorKind::Parameter,
+                i,
+            )
+        })
+        .collect();
+    let spec = ModelSpec {
+        path: "wide".into(),
+        format: Format::SpecJson,
+        state_dict_key: None,
+        alternatives: vec![],
+        stripped_prefixes: vec![],
+        tensors,
+    };
+    let start = std::time::Instant::now();
+    let tree = spec.module_tree();
+    let elapsed = start.elapsed();
+    assert_eq!(tree.children.len(), n);
+    assert_eq!(tree.tensor_count(), 2 * n);
+    // Children in order of first appearance, each with its weight then its bias.
+    for (k, child) in tree.children.iter().enumerate() {
+        assert_eq!(child.name, format!("m{}", (k * 7919) % n));
+        assert_eq!(child.path, child.name);
+        assert_eq!(child.tensors, vec![2 * k, 2 * k + 1]);
+    }
+    eprintln!("module_tree of {} tensors: {elapsed:?}", 2 * n);
+}
+
+#[test]
+fn batched_candidates_contain_every_counterpart() {
+    let Some(dir) = make_cases("qwen3_moe_1k") else {
+        return;
+    };
+    let d = dir.path().join("qwen3_moe_1k");
+    let gt = truth(&d);
+    let src = read_model(&d.join("source.safetensors"), &ReadOptions::default()).unwrap();
+    let tgt = read_model(&d.join("target.json"), &ReadOptions::default()).unwrap();
+    let index: HashMap<&str, usize> = tgt
+        .tensors
+        .iter()
+        .enumerate()
+        .map(|(j, t)| (t.name.as_str(), j))
+        .collect();
+    let opts = CandidateOptions::default();
+    let cands = score_tensor::top_candidates(
+        &src.tensors,
+        &tgt.tensors,
+        &[Block::all(src.tensors.len(), tgt.tensors.len())],
+        &opts,
+    )
+    .unwrap();
+    let mut first = 0;
+    for (i, t) in src.tensors.iter().enumerate() {
+        let want = index[gt[&t.original_name].as_str()];
+        let pos = cands[i].iter().position(|c| c.target == want);
+        assert!(
+            pos.is_some(),
+            "{} -> {} not among its {} candidates",
+            t.original_name,
+            gt[&t.original_name],
+            cands[i].len()
+        );
+        first += usize::from(pos == Some(0));
+    }
+    eprintln!(
+        "{first} of {} counterparts ranked first by the approximate score alone",
+        src.tensors.len()
+    );
+}

@@ -379,6 +379,10 @@ def main():
     check.load_state_dict(converted)
     assert torch.allclose(check(example), src(example), atol=1e-6)
     (MODELS / "demo_mapping_truth.json").write_text(json.dumps(truth, indent=1) + "\n")
+    # The source network itself with its weights, so `weightmap verify --source-model` can
+    # compare the adapted target's outputs with the original's.
+    torch.jit.trace(src, example).save(str(MODELS / "demo_source_model.pt"))
+    expected["demo_source_model.pt"] = expect_torchscript(MODELS / "demo_source_model.pt")
 
     # Wrapper prefixes.
     mlp = Mlp()

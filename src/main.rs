@@ -55,7 +55,16 @@ fn main() {
         Command::Report(a) => cli::report::run(a),
     };
     if let Err(e) = result {
-        eprintln!("error: {e:#}");
+        // The whole chain of causes, each said once (an I/O error's text is often in the
+        // message of the error that wraps it).
+        let mut message = e.to_string();
+        for cause in e.chain().skip(1) {
+            let cause = cause.to_string();
+            if !message.contains(&cause) {
+                message = format!("{message}: {cause}");
+            }
+        }
+        eprintln!("error: {message}");
         std::process::exit(cli::exit_code(&e));
     }
 }

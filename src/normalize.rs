@@ -64,3 +64,156 @@ fn strip(spec: &mut ModelSpec, prefix: &str) {
     }
     spec.stripped_prefixes.push(prefix.to_string());
 }
+
+/// Puts back a stripped prefix that `reference` (the other model of a mapping) itself uses
+/// for most of its names: `model.` in a Hugging Face checkpoint (`model.layers.0...` beside
+/// `lm_head.weight`) is part of the network, not Lightning's wrapper, when the target is
+/// a Hugging Face model too. Returns the prefixes restored.
+pub fn restore_prefixes_used_by(spec: &mut ModelSpec, reference: &ModelSpec) -> Vec<String> {
+    let mut restored = Vec::new();
+    if reference.tensors.is_empty() {
+        return restored;
+    }
+    while let Some(prefix) = spec.stripped_prefixes.last().cloned() {
+        let share = reference
+            .tensors
+            .iter()
+            .filter(|t| t.name.starts_with(&prefix))
+            .count() as f64
+            / reference.tensors.len() as f64;
+        if share < LIGHTNING_MIN_SHARE {
+            break;
+        }
+        // The part of each original name left after the outer prefixes were stripped.
+        let outer: Vec<String> =
+            spec.stripped_prefixes[..spec.stripped_prefixes.len() - 1].to_vec();
+        let inner = |original: &str| -> String {
+            let mut rest = original;
+            for p in &outer {
+                rest = rest.strip_prefix(p.as_str()).unwrap_or(rest);
+            }
+            rest.to_string()
+        };
+        let mut renamed = std::collections::HashMap::new();
+        for t in spec.tensors.iter_mut() {
+            let name = inner(&t.original_name);
+            if name.starts_with(&prefix) && name != t.name {
+                renamed.insert(t.name.clone(), name.clone());
+                t.rename(&name);
+            }
+        }
+        // Tied names point at other tensors of the same state dict: follow their renames.
+        for t in spec.tensors.iter_mut() {
+            if let Some(new) = t.tied_to.as_ref().and_then(|tied| renamed.get(tied)) {
+                t.tied_to = Some(new.clone());
+            }
+        }
+        spec.stripped_prefixes.pop();
+        restored.push(prefix);
+    }
+    restored
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::{Format, TensorInfo, TensorKind};
+
+    fn spec(names: &[&str], state_dict_key: Option<&str>) -> ModelSpec {
+        ModelSpec {
+            path: "test".into(),
+            format: Format::TorchZip,
+            state_dict_key: state_dict_key.map(str::to_string),
+            alternatives: vec![],
+            stripped_prefixes: vec![],
+            tensors: names
+                .iter()
+                .enumerate()
+                .map(|(i, n)| TensorInfo::new(n, vec![2], "float32", TensorKind::Unknown, i))
+                .collect(),
+        }
+    }
+
+    fn names(s: &ModelSpec) -> Vec<&str> {
+        s.tensors.iter().map(|t| t.name.as_str()).collect()
+    }
+
+    #[test]
+    fn stacked_wrappers_are_stripped_outermost_first() {
+        let mut s = spec(
+            &["module._orig_mod.conv.weight", "module._orig_mod.fc.bias"],
+            None,
+        );
+        strip_wrapper_prefixes(&mut s);
+        assert_eq!(names(&s), ["conv.weight", "fc.bias"]);
+        assert_eq!(s.stripped_prefixes, ["module.", "_orig_mod."]);
+        assert_eq!(s.tensors[0].original_name, "module._orig_mod.conv.weight");
+    }
+
+    #[test]
+    fn a_prefix_on_only_some_keys_is_kept_unless_it_is_lightnings() {
+        let mut s = spec(&["module.conv.weight", "fc.bias"], None);
+        strip_wrapper_prefixes(&mut s);
+        assert!(s.stripped_prefixes.is_empty());
+        let lightning = [
+            "model.a.weight",
+            "model.b.weight",
+            "model.c.weight",
+            "model.d.weight",
+            "criterion.weight",
+        ];
+        let mut s = spec(&lightning, None);
+        strip_wrapper_prefixes(&mut s);
+        assert_eq!(
+            names(&s),
+            [
+                "a.weight",
+                "b.weight",
+                "c.weight",
+                "d.weight",
+                "criterion.weight"
+            ]
+        );
+    }
+
+    #[test]
+    fn model_prefix_is_restored_when_the_other_model_uses_it() {
+        let mut s = spec(
+            &[
+                "model.embed.weight",
+                "model.layers.0.w",
+                "model.layers.1.w",
+                "model.norm.weight",
+                "lm_head.weight",
+            ],
+            None,
+        );
+        s.tensors[4].tied_to = Some("model.embed.weight".into());
+        strip_wrapper_prefixes(&mut s);
+        s.tensors[4].tied_to = Some("embed.weight".into());
+        assert_eq!(s.stripped_prefixes, ["model."]);
+        let target = spec(
+            &[
+                "model.embed_tokens.weight",
+                "model.layers.0.x",
+                "model.layers.1.x",
+                "model.norm.weight",
+                "lm_head.weight",
+            ],
+            None,
+        );
+        assert_eq!(restore_prefixes_used_by(&mut s, &target), ["model."]);
+        assert_eq!(names(&s)[..2], ["model.embed.weight", "model.layers.0.w"]);
+        assert_eq!(s.tensors[4].name, "lm_head.weight");
+        assert_eq!(s.tensors[4].tied_to.as_deref(), Some("model.embed.weight"));
+        assert!(s.stripped_prefixes.is_empty());
+        // A target without the prefix leaves the stripped names alone.
+        let mut s2 = spec(
+            &["model.a.w", "model.b.w", "model.c.w", "model.d.w", "head.w"],
+            None,
+        );
+        strip_wrapper_prefixes(&mut s2);
+        assert!(restore_prefixes_used_by(&mut s2, &spec(&["a.w", "b.w"], None)).is_empty());
+        assert_eq!(names(&s2)[0], "a.w");
+    }
+}

@@ -5,11 +5,13 @@
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use weightmap::mapper::{model_order, parse_incompatible, Mapper, MapperOptions, SuggestOptions};
+use weightmap::mapper::{
+    model_order, parse_incompatible, Mapper, MapperOptions, OrderKind, SuggestOptions, TensorOrder,
+};
 use weightmap::report::html;
 use weightmap::score::ScoreWeights;
 use weightmap::spec::ModelSpec;
-use weightmap::trace::InputSpec;
+use weightmap::trace::{self, InputSpec};
 
 /// Whether to color terminal output: not when `NO_COLOR` is set (to anything but the
 /// empty string, per no-color.org) and not when standard output is not a terminal.
@@ -18,7 +20,27 @@ pub fn color_enabled() -> bool {
     !no_color && std::io::stdout().is_terminal()
 }
 
-/// The flags that decide how a mapping is computed, as `weightmap map` takes them.
+/// Which order of tensors the mapper uses to tell look-alikes apart (`--order`).
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OrderChoice {
+    /// A TorchScript target: its dynamic order with --input (falling back to static when
+    /// forward fails), else static, else registration; a TorchScript source: static.
+    /// Checkpoints: their key order (none for safetensors, whose keys are sorted).
+    #[default]
+    Auto,
+    /// The target's dynamic order from running forward on --input (required); a failing
+    /// forward is an error. A TorchScript source gets its static order.
+    Dynamic,
+    /// The static order of each TorchScript model, read from its forward graph.
+    Static,
+    /// The registration order of each TorchScript model (as its modules registered them).
+    Registration,
+    /// No order on either side, not even a checkpoint's key order: names and shapes only.
+    None,
+}
+
+/// The flags that decide how a mapping is computed, shared by `map`, `tree`, `explain`
+/// and `report`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct MappingFlags {
     /// best_match, conservative or shape_only.
@@ -38,12 +60,17 @@ pub struct MappingFlags {
     #[arg(long, default_value_t = 0.0, value_name = "F")]
     pub shape_tolerance: f64,
     /// A dummy input for tracing the target's execution order (repeatable):
-    /// SHAPE[:DTYPE[:LO-HI]], e.g. 1x3x224x224. Without it the static order is used.
+    /// SHAPE[:DTYPE[:LO-HI]], e.g. 1x3x224x224 or 1x16:i64:0-1000. Without it the static order is used.
     #[arg(long = "input", value_name = "SPEC", value_parser = parse_input)]
     pub inputs: Vec<InputSpec>,
     /// Where the trace runs: cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu", value_name = "DEVICE")]
     pub device: String,
+    /// Which order tells look-alikes apart: auto (dynamic with --input, else static, else
+    /// registration; a checkpoint's key order), dynamic (needs --input), static,
+    /// registration, or none (names and shapes only; for measuring what order adds).
+    #[arg(long, value_enum, default_value_t = OrderChoice::Auto, value_name = "ORDER")]
+    pub order: OrderChoice,
 }
 
 fn parse_input(text: &str) -> Result<InputSpec, String> {
@@ -63,11 +90,24 @@ impl MappingFlags {
             weights,
         };
         opts.validate()?;
+        if self.order == OrderChoice::Dynamic && self.inputs.is_empty() {
+            anyhow::bail!(weightmap::Error::invalid(
+                "--order dynamic",
+                "needs the target's dummy input: give --input SHAPE[:DTYPE[:LO-HI]], e.g. 1x3x224x224"
+            ));
+        }
+        if !self.inputs.is_empty()
+            && !matches!(self.order, OrderChoice::Auto | OrderChoice::Dynamic)
+        {
+            anyhow::bail!(weightmap::Error::invalid(
+                "--input",
+                "only used with --order auto or dynamic: drop --input or the --order flag"
+            ));
+        }
         Ok(opts)
     }
 
-    /// Reads both models and builds the mapper as `weightmap map` does (TorchScript
-    /// models contribute their execution order when it can be had).
+    /// Reads both models and builds the mapper, with the orders `--order` asks for.
     pub fn mapper(&self, source_path: &Path, target_path: &Path) -> anyhow::Result<Mapper> {
         let incompatible = match &self.incompatible {
             Some(s) => parse_incompatible(s)?,
@@ -77,23 +117,55 @@ impl MappingFlags {
         let read = weightmap::ReadOptions::default();
         let source = weightmap::read_model(source_path, &read)?;
         let target = weightmap::read_model(target_path, &read)?;
-        let order_of = |path: &Path, inputs: &[InputSpec]| match model_order(path, inputs, device) {
-            Ok(o) => o,
-            Err(e) => {
-                eprintln!(
-                    "warning: no execution order for {} ({e}); using its registration order",
-                    path.display()
-                );
-                None
-            }
-        };
         let options = MapperOptions {
             shape_tolerance: self.shape_tolerance,
             incompatible,
-            target_order: order_of(target_path, &self.inputs),
-            source_order: order_of(source_path, &[]),
+            target_order: self.order_of(target_path, &self.inputs, device)?,
+            source_order: self.order_of(source_path, &[], device)?,
         };
         Ok(Mapper::new(source, target, options)?)
+    }
+
+    /// The order of the model at `path` that `--order` asks for; `None` leaves the
+    /// mapper its default (a checkpoint's key order). `inputs` are that model's dummy
+    /// inputs (the target's; none for the source).
+    fn order_of(
+        &self,
+        path: &Path,
+        inputs: &[InputSpec],
+        device: tch::Device,
+    ) -> anyhow::Result<Option<TensorOrder>> {
+        let script = || -> anyhow::Result<bool> {
+            Ok(weightmap::read::detect_format(path)? == weightmap::Format::TorchScript)
+        };
+        Ok(match self.order {
+            OrderChoice::Auto => match model_order(path, inputs, device) {
+                Ok(o) => o,
+                Err(e) => {
+                    eprintln!(
+                        "warning: no execution order for {} ({e}); using its registration order",
+                        path.display()
+                    );
+                    None
+                }
+            },
+            // An explicit order is used as asked or fails: no silent fallback.
+            OrderChoice::Dynamic if script()? && !inputs.is_empty() => {
+                Some(TensorOrder::from(&trace::trace(path, inputs, device)?))
+            }
+            OrderChoice::Dynamic | OrderChoice::Static if script()? => Some(TensorOrder::from(
+                &trace::ScriptModule::load(path, device)?.static_order()?,
+            )),
+            OrderChoice::Registration if script()? => Some(TensorOrder::from(
+                &trace::ScriptModule::load(path, device)?.registration_order(),
+            )),
+            OrderChoice::Dynamic | OrderChoice::Static | OrderChoice::Registration => None,
+            // An empty order of kind `None`: the mapper ranks nothing on this side.
+            OrderChoice::None => Some(TensorOrder {
+                kind: OrderKind::None,
+                names: vec![],
+            }),
+        })
     }
 }
 

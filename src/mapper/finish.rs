@@ -22,6 +22,8 @@ use std::collections::{HashMap, HashSet};
 pub(crate) const TIE_MARGIN: f64 = 0.01;
 /// Most candidate target units scored per leftover source unit (nearest context first).
 const MAX_LEFTOVER_CANDIDATES: usize = 64;
+/// Most candidates scored to explain why a tensor is unmatched.
+const MAX_REASON_CANDIDATES: usize = 32;
 /// Most targets scored per match for its confidence and alternatives.
 const MAX_ALTERNATIVES_SCORED: usize = 16;
 
@@ -748,6 +750,10 @@ impl<'a> State<'a> {
         let assigned = assign(left_s.len(), &edges);
         let row_of_col: HashMap<usize, usize> = assigned.iter().map(|a| (a.col, a.row)).collect();
         let col_of_row: HashMap<usize, usize> = assigned.iter().map(|a| (a.row, a.col)).collect();
+        let mut rows_of_col: HashMap<usize, Vec<(usize, f64)>> = HashMap::new();
+        for (&(r, c), &sc) in &cell {
+            rows_of_col.entry(c).or_default().push((r, sc));
+        }
         let mut out = vec![];
         let mut amb_s: HashMap<usize, Vec<usize>> = HashMap::new();
         let mut amb_t: HashMap<usize, Vec<usize>> = HashMap::new();
@@ -771,24 +777,23 @@ impl<'a> State<'a> {
                 }
             }
             let mut ties_s: Vec<usize> = vec![];
-            for r2 in 0..rows.len() {
+            for &(r2, sc2) in rows_of_col.get(&a.col).into_iter().flatten() {
                 if r2 == a.row {
                     continue;
                 }
-                if let Some(&sc2) = cell.get(&(r2, a.col)) {
-                    let loss = match col_of_row.get(&r2) {
-                        Some(&c2) => {
-                            a.score + cell.get(&(r2, c2)).copied().unwrap_or(0.0)
-                                - sc2
-                                - cell.get(&(a.row, c2)).copied().unwrap_or(f64::NEG_INFINITY)
-                        }
-                        None => a.score - sc2,
-                    };
-                    if loss < TIE_MARGIN {
-                        ties_s.push(r2);
+                let loss = match col_of_row.get(&r2) {
+                    Some(&c2) => {
+                        a.score + cell.get(&(r2, c2)).copied().unwrap_or(0.0)
+                            - sc2
+                            - cell.get(&(a.row, c2)).copied().unwrap_or(f64::NEG_INFINITY)
                     }
+                    None => a.score - sc2,
+                };
+                if loss < TIE_MARGIN {
+                    ties_s.push(r2);
                 }
             }
+            ties_s.sort_unstable();
             let pair_list = &rows[a.row]
                 .iter()
                 .find(|x| x.0 == a.col)
@@ -984,7 +989,18 @@ impl<'a> State<'a> {
         if allowed.is_empty() {
             return UnmatchedReason::IncompatibleComponent;
         }
-        // The best allowed candidate by score.
+        // The best allowed candidate by score, among the nearest in order when there are
+        // many (scoring every same-shape tensor of a large model is not needed to say why).
+        if allowed.len() > MAX_REASON_CANDIDATES {
+            let my_rank = me.rank[i];
+            if let Some(r) = my_rank {
+                allowed.sort_by(|&a, &b| {
+                    let d = |k: usize| other.rank[k].map_or(f64::MAX, |x| (x - r).abs());
+                    d(a).total_cmp(&d(b))
+                });
+            }
+            allowed.truncate(MAX_REASON_CANDIDATES);
+        }
         let best = allowed
             .iter()
             .filter_map(|&j| {

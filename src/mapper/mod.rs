@@ -627,7 +627,11 @@ pub struct Mapper {
 
 impl Mapper {
     /// A mapper from two model specs (any source: a checkpoint's state dict, a model).
-    pub fn new(source: ModelSpec, target: ModelSpec, options: MapperOptions) -> Result<Self> {
+    pub fn new(
+        mut source: ModelSpec,
+        mut target: ModelSpec,
+        options: MapperOptions,
+    ) -> Result<Self> {
         if !(0.0..=1.0).contains(&options.shape_tolerance) || !options.shape_tolerance.is_finite() {
             return Err(Error::InvalidArgument {
                 what: "shape tolerance".into(),
@@ -642,6 +646,10 @@ impl Mapper {
                 });
             }
         }
+        // A prefix stripped as a wrapper (`model.`) that the other model also uses is part of
+        // both networks' names, not a wrapper: put it back so the names stay comparable.
+        crate::normalize::restore_prefixes_used_by(&mut source, &target);
+        crate::normalize::restore_prefixes_used_by(&mut target, &source);
         Ok(Mapper {
             source,
             target,

@@ -65,7 +65,7 @@ pub(crate) enum Item {
 }
 
 /// How strongly an order is trusted, weakest first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub(crate) enum Strength {
     /// File or registration order: usually, not always, execution order.
     Weak,
@@ -669,28 +669,8 @@ impl<'a> SideModel<'a> {
         }
         // Indices in names: every pair must be comparable.
         let comps: Vec<&[String]> = items.iter().map(|&it| self.components(it)).collect();
-        let mut below = vec![0usize; n];
-        let mut names_ok = true;
-        'outer: for a in 0..n {
-            for b in (a + 1)..n {
-                match compare_by_names(comps[a], comps[b]) {
-                    Some(Ordering::Less) => below[b] += 1,
-                    Some(Ordering::Greater) => below[a] += 1,
-                    _ => {
-                        names_ok = false;
-                        break 'outer;
-                    }
-                }
-            }
-        }
-        if names_ok {
-            let mut seen = vec![false; n];
-            if below
-                .iter()
-                .all(|&r| r < n && !std::mem::replace(&mut seen[r], true))
-            {
-                return Some((below, Strength::Names));
-            }
+        if let Some(ranks) = names_order(&comps) {
+            return Some((ranks, Strength::Names));
         }
         let pos: Vec<Option<f64>> = items
             .iter()
@@ -768,6 +748,61 @@ impl<'a> SideModel<'a> {
     }
 }
 
+/// Classes larger than this are ordered by names only when their paths line up
+/// component by component (the pairwise comparison is quadratic).
+const MAX_PAIRWISE_ORDER: usize = 512;
+
+/// Ranks of paths ordered by the indices in their names, or `None` when some pair cannot
+/// be compared ([`compare_by_names`]).
+fn names_order(comps: &[&[String]]) -> Option<Vec<usize>> {
+    let n = comps.len();
+    // Fast path: equal lengths; at each component where the paths differ, all of them are
+    // indices of one stem and kind; order by those indices, left to right.
+    let len = comps[0].len();
+    if comps.iter().all(|c| c.len() == len) {
+        let varying: Vec<usize> = (0..len)
+            .filter(|&k| comps.iter().any(|c| c[k] != comps[0][k]))
+            .collect();
+        let mut keys: Vec<(Vec<u64>, usize)> = Vec::with_capacity(n);
+        let mut ok = true;
+        for (i, c) in comps.iter().enumerate() {
+            let mut key = Vec::with_capacity(varying.len());
+            for &k in &varying {
+                match (component_index(&c[k]), component_index(&comps[0][k])) {
+                    (Some((s, v, kind)), Some((s0, _, k0))) if s == s0 && kind == k0 => key.push(v),
+                    _ => ok = false,
+                }
+            }
+            keys.push((key, i));
+        }
+        if ok {
+            keys.sort();
+            if keys.windows(2).all(|w| w[0].0 != w[1].0) {
+                return Some(ranks_of(&keys.iter().map(|k| k.1).collect::<Vec<_>>()));
+            }
+            return None;
+        }
+    }
+    if n > MAX_PAIRWISE_ORDER {
+        return None;
+    }
+    let mut below = vec![0usize; n];
+    for a in 0..n {
+        for b in (a + 1)..n {
+            match compare_by_names(comps[a], comps[b]) {
+                Some(Ordering::Less) => below[b] += 1,
+                Some(Ordering::Greater) => below[a] += 1,
+                _ => return None,
+            }
+        }
+    }
+    let mut seen = vec![false; n];
+    below
+        .iter()
+        .all(|&r| r < n && !std::mem::replace(&mut seen[r], true))
+        .then_some(below)
+}
+
 /// Converts an order (item indices, first to last) into each item's rank.
 fn ranks_of(order: &[usize]) -> Vec<usize> {
     let mut r = vec![0; order.len()];
@@ -824,5 +859,21 @@ mod tests {
             None
         );
         assert_eq!(compare_by_names(&c("a.conv1"), &c("a.bn1")), None);
+    }
+
+    #[test]
+    fn order_of_look_alikes_by_names() {
+        let paths = [c("layers.10.mlp"), c("layers.9.mlp"), c("layers.0.mlp")];
+        let refs: Vec<&[String]> = paths.iter().map(|p| p.as_slice()).collect();
+        assert_eq!(names_order(&refs), Some(vec![2, 1, 0]));
+        let nested = [c("blocks.1.0"), c("blocks.0.2"), c("blocks.0.10")];
+        let refs: Vec<&[String]> = nested.iter().map(|p| p.as_slice()).collect();
+        assert_eq!(names_order(&refs), Some(vec![2, 0, 1]));
+        let mixed = [c("x.input_norm"), c("x.post_norm")];
+        let refs: Vec<&[String]> = mixed.iter().map(|p| p.as_slice()).collect();
+        assert_eq!(names_order(&refs), None);
+        let uneven = [c("a.conv1"), c("a.sub.conv2")];
+        let refs: Vec<&[String]> = uneven.iter().map(|p| p.as_slice()).collect();
+        assert_eq!(names_order(&refs), None);
     }
 }

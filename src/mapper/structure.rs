@@ -25,10 +25,12 @@ use std::collections::{HashMap, HashSet};
 /// Margin by which a look-alike's name must beat every other candidate of its row and
 /// column for names to decide (else order decides).
 pub(crate) const NAME_MARGIN: f64 = 0.1;
+/// Largest look-alike class (source × target items) whose names are compared pairwise.
+const MAX_NAME_CLASS_CELLS: usize = 250_000;
 /// Lowest content similarity (Dice over unit signatures) for pairing unequal modules.
 pub(crate) const APPROX_MIN_DICE: f64 = 0.6;
 /// Largest number of module pairs compared for similar-content pairing in one pool.
-const APPROX_MAX_PAIRS: usize = 40_000;
+const APPROX_MAX_PAIRS: usize = 4_096;
 
 /// Incompatible component pairs as a predicate on names.
 #[derive(Debug, Clone, Default)]
@@ -107,7 +109,13 @@ pub(crate) struct Matcher<'a, 'b> {
     out: Structure,
     /// Pairs found so far in the current level (source item → target item).
     level_pairs: HashMap<Item, Item>,
+    /// Classes of the current level that could not be resolved, as (signature, sizes,
+    /// loose, min order, pairs known then): not retried until something changes.
+    failed: HashSet<ClassKey>,
 }
+
+/// Identifies an attempt at resolving a class (see `Matcher::failed`).
+type ClassKey = (u64, usize, usize, bool, Strength, usize);
 
 fn dice(a: &[u64], b: &[u64]) -> f64 {
     let (mut i, mut j, mut common) = (0, 0, 0usize);
@@ -176,6 +184,7 @@ impl<'a, 'b> Matcher<'a, 'b> {
             incompat,
             out: Structure::default(),
             level_pairs: HashMap::new(),
+            failed: HashSet::new(),
         }
     }
 
@@ -236,6 +245,7 @@ impl<'a, 'b> Matcher<'a, 'b> {
         let roots = (s_root.as_str(), t_root.as_str());
         let mut pairs: Vec<Pair> = vec![];
         self.level_pairs.clear();
+        self.failed.clear();
         loop {
             for p in &pairs {
                 self.level_pairs.insert(p.s, p.t);
@@ -308,7 +318,7 @@ impl<'a, 'b> Matcher<'a, 'b> {
     /// Pairs items of equal signature; with `allow_unequal`, classes of unequal size too
     /// (names only).
     fn pair_classes(
-        &self,
+        &mut self,
         ps: &mut Vec<Item>,
         pt: &mut Vec<Item>,
         loose: bool,
@@ -340,7 +350,22 @@ impl<'a, 'b> Matcher<'a, 'b> {
             if a.len() != b.len() && !allow_unequal {
                 continue;
             }
-            out.extend(self.resolve_class(a, b, roots, a.len() == b.len(), min_order));
+            let key: ClassKey = (
+                k,
+                a.len(),
+                b.len(),
+                loose,
+                min_order,
+                self.level_pairs.len(),
+            );
+            if self.failed.contains(&key) {
+                continue;
+            }
+            let found = self.resolve_class(a, b, roots, a.len() == b.len(), min_order);
+            if found.is_empty() {
+                self.failed.insert(key);
+            }
+            out.extend(found);
         }
         let used_s: HashSet<Item> = out.iter().map(|p| p.s).collect();
         let used_t: HashSet<Item> = out.iter().map(|p| p.t).collect();
@@ -375,7 +400,8 @@ impl<'a, 'b> Matcher<'a, 'b> {
         let mut rs: Vec<Item> = a.to_vec();
         let mut rt: Vec<Item> = b.to_vec();
         let mut out = vec![];
-        if self.use_names {
+        // Names are compared pairwise: very large classes go to order directly.
+        if self.use_names && rs.len() * rt.len() <= MAX_NAME_CLASS_CELLS {
             let mut ts: Vec<Vec<Token>> = rs
                 .iter()
                 .map(|&i| self.s.relative_tokens(i, roots.0))
@@ -685,7 +711,32 @@ impl<'a, 'b> Matcher<'a, 'b> {
     }
 
     /// Opens up the largest unpaired module of either pool.
+    /// When one pool holds no module at all, the other's modules can only meet units:
+    /// they are all opened at once.
     fn expand_largest(&self, ps: &mut Vec<Item>, pt: &mut Vec<Item>) -> bool {
+        let has_node = |pool: &[Item]| pool.iter().any(|i| matches!(i, Item::Node(_)));
+        let flatten = |pool: &mut Vec<Item>, side: &SideModel| {
+            let mut out = Vec::with_capacity(pool.len());
+            let mut stack: Vec<Item> = pool.iter().rev().copied().collect();
+            while let Some(it) = stack.pop() {
+                match it {
+                    Item::Node(x) => stack.extend(side.children_items(x).into_iter().rev()),
+                    u => out.push(u),
+                }
+            }
+            *pool = out;
+        };
+        match (has_node(ps), has_node(pt)) {
+            (true, false) => {
+                flatten(ps, self.s);
+                return true;
+            }
+            (false, true) => {
+                flatten(pt, self.t);
+                return true;
+            }
+            _ => {}
+        }
         let mut best: Option<(bool, usize, usize)> = None; // (is_source, index, size)
         for (is_source, pool, side) in [(true, &*ps, self.s), (false, &*pt, self.t)] {
             for (k, &it) in pool.iter().enumerate() {

@@ -2,7 +2,27 @@
 //! why, writes the adapted checkpoint, and proves it loads and runs.
 //!
 //! The pipeline, one module a stage:
-//! [`read`] → [`normalize`] → [`spec`] → [`trace`] → score → assign → report → apply → verify.
+//! [`read`] → [`normalize`] → [`spec`] → [`trace`] → [`score`] (with [`score_tensor`] for
+//! batched candidates) → [`assign`] → [`mapper`] (the API that runs them) → [`report`] →
+//! [`apply`] → [`verify`]. [`progress`] draws progress bars for the slow stages.
+//!
+//! ```no_run
+//! use weightmap::mapper::{Mapper, MapperOptions, SuggestOptions};
+//! use weightmap::ReadOptions;
+//! use std::path::Path;
+//!
+//! let mapper = Mapper::from_paths(
+//!     Path::new("old.pth"),
+//!     Path::new("new_model.pt"),
+//!     &ReadOptions::default(),
+//!     MapperOptions::default(),
+//! )?;
+//! let result = mapper.suggest_mapping(&SuggestOptions::default())?;
+//! for m in &result.mappings {
+//!     println!("{} -> {} ({:.2})", m.source, m.target, m.score);
+//! }
+//! # Ok::<(), weightmap::Error>(())
+//! ```
 #![deny(missing_docs)]
 
 pub mod apply;

@@ -305,6 +305,42 @@ pub fn token_jaccard(a: &[Token], b: &[Token]) -> f64 {
     }
 }
 
+/// `strsim::normalized_levenshtein`, bit-parallel (Myers/Hyyrö) when both names are ASCII
+/// and the shorter fits in 64 bytes: the same value, without the per-call allocations that
+/// dominate scoring millions of pairs on large checkpoints.
+pub fn normalized_levenshtein(a: &str, b: &str) -> f64 {
+    let (x, y) = if a.len() <= b.len() { (a, b) } else { (b, a) };
+    if x.is_empty() || x.len() > 64 || !x.is_ascii() || !y.is_ascii() {
+        return strsim::normalized_levenshtein(a, b);
+    }
+    let (x, y) = (x.as_bytes(), y.as_bytes());
+    // Bit i of peq[c] is set where x[i] == c.
+    let mut peq = [0u64; 128];
+    for (i, &c) in x.iter().enumerate() {
+        peq[c as usize] |= 1 << i;
+    }
+    let last = 1u64 << (x.len() - 1);
+    let (mut pv, mut mv, mut dist) = (!0u64, 0u64, x.len());
+    for &c in y {
+        let eq = peq[c as usize];
+        let xv = eq | mv;
+        let xh = ((eq & pv).wrapping_add(pv) ^ pv) | eq;
+        let ph = mv | !(xh | pv);
+        let mh = pv & xh;
+        if ph & last != 0 {
+            dist += 1;
+        } else if mh & last != 0 {
+            dist -= 1;
+        }
+        // Row 0 of the distance table grows by one per column: shift a 1 in.
+        let ph = (ph << 1) | 1;
+        let mh = mh << 1;
+        pv = mh | !(xv | ph);
+        mv = ph & xv;
+    }
+    1.0 - dist as f64 / y.len() as f64
+}
+
 /// Length of the longest common substring divided by the longer length (0 when either
 /// string is empty).
 pub fn substring_similarity(a: &str, b: &str) -> f64 {
@@ -312,15 +348,32 @@ pub fn substring_similarity(a: &str, b: &str) -> f64 {
     if a.is_empty() || b.is_empty() {
         return 0.0;
     }
-    let mut prev = vec![0usize; b.len() + 1];
-    let mut cur = vec![0usize; b.len() + 1];
-    let mut best = 0;
-    for &x in a {
-        for (j, &y) in b.iter().enumerate() {
-            cur[j + 1] = if x == y { prev[j] + 1 } else { 0 };
-            best = best.max(cur[j + 1]);
+    // Walk each diagonal (a fixed offset between the two strings) counting runs of equal
+    // bytes; a diagonal no longer than the best run so far cannot beat it. No table, no
+    // allocation: this runs for millions of name pairs on large checkpoints.
+    let (n, m) = (a.len() as isize, b.len() as isize);
+    let mut best = 0usize;
+    // Offsets ordered from the main diagonal outwards: long diagonals first.
+    for k in 0..2 * n.max(m) {
+        let d = if k % 2 == 0 { k / 2 } else { -(k + 1) / 2 };
+        if d <= -n || d >= m {
+            continue;
         }
-        std::mem::swap(&mut prev, &mut cur);
+        let (i0, j0) = if d >= 0 { (0, d) } else { (-d, 0) };
+        let len = (n - i0).min(m - j0) as usize;
+        if len <= best {
+            continue;
+        }
+        let (x, y) = (&a[i0 as usize..], &b[j0 as usize..]);
+        let mut run = 0usize;
+        for t in 0..len {
+            if x[t] == y[t] {
+                run += 1;
+                best = best.max(run);
+            } else {
+                run = 0;
+            }
+        }
     }
     best as f64 / a.len().max(b.len()) as f64
 }
@@ -653,7 +706,7 @@ pub struct ScoreBreakdown {
 /// Name similarity of two tensors: (score, tokens, edit, substring).
 pub fn name_similarity(a: &TensorFeatures, b: &TensorFeatures) -> (f64, f64, f64, f64) {
     let tokens = token_jaccard(&a.tokens, &b.tokens);
-    let edit = strsim::normalized_levenshtein(&a.normalized, &b.normalized);
+    let edit = normalized_levenshtein(&a.normalized, &b.normalized);
     let substring = substring_similarity(&a.normalized, &b.normalized);
     (
         NAME_W_TOKENS * tokens + NAME_W_EDIT * edit + NAME_W_SUBSTRING * substring,
@@ -687,10 +740,58 @@ pub fn score_pair(
     weights: &ScoreWeights,
     allow_reshape: bool,
 ) -> Option<ScoreBreakdown> {
+    score_with(s, t, ctx, weights, allow_reshape, name_similarity)
+}
+
+/// A total that [`score_pair`]'s total never exceeds, without the two string metrics
+/// (edit and substring similarity are bounded by the names' lengths), or `None` when
+/// the tensors are not candidates. Lets a caller that wants only the best few of many
+/// candidates skip the exact scores that cannot reach them.
+pub fn score_upper_bound(
+    s: &TensorFeatures,
+    t: &TensorFeatures,
+    ctx: &PairContext,
+    weights: &ScoreWeights,
+    allow_reshape: bool,
+) -> Option<f64> {
+    let bound = |a: &TensorFeatures, b: &TensorFeatures| {
+        let tokens = token_jaccard(&a.tokens, &b.tokens);
+        let (x, y) = (&a.normalized, &b.normalized);
+        let (short, long) = (x.len().min(y.len()), x.len().max(y.len()));
+        // The edit distance is at least the length difference, and a common substring is
+        // at most the shorter name (lengths in bytes equal characters for ASCII names).
+        let (edit, substring) = if long == 0 || !x.is_ascii() || !y.is_ascii() {
+            (1.0, 1.0)
+        } else {
+            (
+                1.0 - (long - short) as f64 / long as f64,
+                short as f64 / long as f64,
+            )
+        };
+        (
+            NAME_W_TOKENS * tokens + NAME_W_EDIT * edit + NAME_W_SUBSTRING * substring,
+            tokens,
+            edit,
+            substring,
+        )
+    };
+    score_with(s, t, ctx, weights, allow_reshape, bound).map(|b| b.total)
+}
+
+/// [`score_pair`] with the name sub-scores given by `name_parts` (score, tokens, edit,
+/// substring).
+fn score_with(
+    s: &TensorFeatures,
+    t: &TensorFeatures,
+    ctx: &PairContext,
+    weights: &ScoreWeights,
+    allow_reshape: bool,
+    name_parts: impl FnOnce(&TensorFeatures, &TensorFeatures) -> (f64, f64, f64, f64),
+) -> Option<ScoreBreakdown> {
     let relation = candidate(s, t, allow_reshape)?;
     let shape = relation.score();
     let (name, tokens, edit, substring) = if weights.name > 0.0 {
-        name_similarity(s, t)
+        name_parts(s, t)
     } else {
         (0.0, 0.0, 0.0, 0.0)
     };
@@ -795,9 +896,69 @@ mod tests {
     }
 
     #[test]
+    fn fast_name_metrics_equal_references() {
+        // Pseudo-random ASCII names over a small alphabet (many matches), all lengths up
+        // to the 64-byte limit and past it (fallback), compared with the reference.
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut name = |n: usize| -> String {
+            (0..n)
+                .map(|_| b"ab.c_1"[(next() % 6) as usize] as char)
+                .collect()
+        };
+        for la in 0..70 {
+            for lb in [0, 1, 2, la / 2, la, la + 3, 80] {
+                let (a, b) = (name(la), name(lb));
+                assert_eq!(
+                    normalized_levenshtein(&a, &b),
+                    strsim::normalized_levenshtein(&a, &b),
+                    "{a:?} {b:?}"
+                );
+            }
+        }
+        assert_eq!(normalized_levenshtein("", ""), 1.0);
+        // The diagonal longest-common-substring against the textbook table.
+        let table = |a: &[u8], b: &[u8]| {
+            let mut best = 0;
+            let mut prev = vec![0usize; b.len() + 1];
+            for &x in a {
+                let mut cur = vec![0usize; b.len() + 1];
+                for (j, &y) in b.iter().enumerate() {
+                    cur[j + 1] = if x == y { prev[j] + 1 } else { 0 };
+                    best = best.max(cur[j + 1]);
+                }
+                prev = cur;
+            }
+            best as f64 / a.len().max(b.len()).max(1) as f64
+        };
+        for la in 0..40 {
+            for lb in [0, 1, 2, la / 2, la, la + 3, 45] {
+                let (a, b) = (name(la), name(lb));
+                let want = table(a.as_bytes(), b.as_bytes());
+                assert_eq!(substring_similarity(&a, &b), want, "{a:?} {b:?}");
+            }
+        }
+        assert_eq!(
+            normalized_levenshtein("é.weight", "e.weight"),
+            1.0 - 1.0 / 8.0
+        );
+    }
+
+    #[test]
     fn substring_and_edit() {
         assert_eq!(substring_similarity("abcdef", "xxcdeyy"), 3.0 / 7.0);
         assert_eq!(substring_similarity("", "a"), 0.0);
+        let long_a = "x".repeat(200) + "abc";
+        assert_eq!(substring_similarity(&long_a, "zabcz"), 3.0 / 203.0);
+        assert_eq!(substring_similarity("zabcz", &long_a), 3.0 / 203.0);
+        assert_eq!(substring_similarity("abc", "abc"), 1.0);
+        assert_eq!(substring_similarity("ab", "xab"), 2.0 / 3.0);
+        assert_eq!(substring_similarity("abx", "b"), 1.0 / 3.0);
     }
 
     #[test]
@@ -851,6 +1012,35 @@ mod tests {
         assert!("shape".parse::<ScoreWeights>().is_err());
         let d = ScoreWeights::default();
         assert!((d.shape + d.name + d.hierarchy - 1.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn upper_bound_never_below_score() {
+        let names = [
+            "model.layers.3.mlp.experts.17.gate_proj.weight",
+            "layers.3.ffn.experts.17.w1.weight",
+            "layers.3.ffn.experts.7.w1.weight",
+            "encoder.blocks.0.attn.qkv.weight",
+            "w",
+            "layers.3.ffn.experts.17.w1.weight",
+        ];
+        let w = ScoreWeights::default();
+        let ctx = PairContext {
+            context: Some(0.5),
+            ..Default::default()
+        };
+        for a in names {
+            for b in names {
+                let s = TensorFeatures::new(a, "weight", &[4, 8], "float32", 3);
+                let t = TensorFeatures::new(b, "weight", &[4, 8], "float32", 4);
+                let exact = score_pair(&s, &t, &ctx, &w, false).unwrap().total;
+                let bound = score_upper_bound(&s, &t, &ctx, &w, false).unwrap();
+                assert!(bound >= exact, "{a} {b}: {bound} < {exact}");
+            }
+        }
+        let s = TensorFeatures::new("a.weight", "weight", &[4, 8], "float32", 1);
+        let t = TensorFeatures::new("a.weight", "weight", &[5, 8], "float32", 1);
+        assert!(score_upper_bound(&s, &t, &ctx, &w, false).is_none());
     }
 
     #[test]

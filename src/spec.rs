@@ -243,6 +243,19 @@ impl ModuleNode {
 }
 
 impl ModelSpec {
+    /// A spec of `tensors` read from `path` in `format`: the top-level state dict, no
+    /// alternatives, no prefixes stripped.
+    pub fn new(path: impl Into<String>, format: Format, tensors: Vec<TensorInfo>) -> ModelSpec {
+        ModelSpec {
+            path: path.into(),
+            format,
+            state_dict_key: None,
+            alternatives: vec![],
+            stripped_prefixes: vec![],
+            tensors,
+        }
+    }
+
     /// Tensors grouped by module, groups in order of their first tensor.
     pub fn groups(&self) -> Vec<ModuleGroup> {
         let mut index: BTreeMap<&str, usize> = BTreeMap::new();

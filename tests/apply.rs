@@ -6,61 +6,10 @@
 //! benchmark corpus at `../shared/bench`; each test says so and returns when they are absent.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn python() -> Option<PathBuf> {
-    let p = repo().join(".venv/bin/python");
-    if p.exists() {
-        Some(p)
-    } else {
-        eprintln!(
-            "skipped: no Python oracle at {} (run scripts/setup.sh)",
-            p.display()
-        );
-        None
-    }
-}
-
-fn corpus() -> Option<PathBuf> {
-    let p = repo().join("../shared/bench/corpus");
-    if p.is_dir() {
-        Some(p)
-    } else {
-        eprintln!("skipped: no benchmark corpus at {}", p.display());
-        None
-    }
-}
-
-fn weightmap(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_weightmap"))
-        .args(args)
-        .output()
-        .expect("run weightmap")
-}
-
-fn run_python(py: &Path, script: &str, args: &[&str]) -> String {
-    let out = Command::new(py)
-        .arg("-c")
-        .arg(script)
-        .args(args)
-        .output()
-        .expect("run python");
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "python failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
+#[path = "support/cli.rs"]
+mod cli;
+use cli::{corpus, python, run_python, s, weightmap};
 
 /// Writes the ground-truth mapping of a corpus case (transposes flagged) to `out`.
 const WRITE_MAPPING: &str = r#"
@@ -108,16 +57,9 @@ for f in sys.argv[2:]:
 
 #[test]
 fn corpus_ground_truth_round_trips_through_torch() {
-    let (Some(py), Some(corpus)) = (python(), corpus()) else {
+    let (Some(py), Some(cases)) = (python(), cli::corpus_cases()) else {
         return;
     };
-    let mut cases: Vec<PathBuf> = std::fs::read_dir(&corpus)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.join("case.json").exists())
-        .collect();
-    cases.sort();
-    assert!(!cases.is_empty());
     let dir = tempfile::tempdir().unwrap();
     for case in &cases {
         let name = case.file_name().unwrap().to_str().unwrap();

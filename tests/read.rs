@@ -5,6 +5,9 @@ use serde_json::Value;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+#[path = "support/cli.rs"]
+mod cli;
+use cli::s;
 use weightmap::read::pickle;
 use weightmap::read::torch_zip;
 use weightmap::spec::{DataLocation, ModelSpec};
@@ -193,8 +196,8 @@ fn lightning_checkpoint_state_dict_and_prefix() {
 fn archive_layout_for_the_apply_stage() {
     let path = models().join("tied.pth");
     let a = torch_zip::open(&path, None).unwrap();
-    assert_eq!(a.prefix, "tied");
-    assert_eq!(a.entry_name("data.pkl"), "tied/data.pkl");
+    assert_eq!(a.layout.prefix, "tied");
+    assert_eq!(a.layout.entry_name("data.pkl"), "tied/data.pkl");
     assert_eq!(a.byteorder.as_deref(), Some("little"));
     let mut zip = zip::ZipArchive::new(std::fs::File::open(&path).unwrap()).unwrap();
     let mut pkl = Vec::new();
@@ -211,11 +214,18 @@ fn archive_layout_for_the_apply_stage() {
             "{}",
             t.key
         );
-        let record = a.record(&t.tensor.storage.key).unwrap();
+        let record = a.layout.record(&t.tensor.storage.key).unwrap();
         assert!(record.size >= torch_zip::required_bytes(&t.tensor).unwrap());
-        let entry = &a.entries[record.entry];
-        assert_eq!(entry.name, a.entry_name(&format!("data/{}", record.key)));
+        let entry = &a.layout.entries[record.entry];
+        assert_eq!(
+            entry.name,
+            a.layout.entry_name(&format!("data/{}", record.key))
+        );
         assert!(entry.stored);
+        // The central directory's CRC-32 is that of the record's bytes, read independently.
+        let file = std::fs::read(&a.path).unwrap();
+        let bytes = &file[entry.data_start as usize..(entry.data_start + entry.size) as usize];
+        assert_eq!(entry.crc32, crc32fast::hash(bytes), "{}", entry.name);
     }
     let tied: Vec<_> = a.tensors.iter().filter(|t| t.tied_to.is_some()).collect();
     assert_eq!(tied.len(), 1);
@@ -242,9 +252,9 @@ fn rewrite_archive(src: &Path, dst: &Path, data_pkl: &[u8]) {
     let mut zout = zip::ZipWriter::new(std::fs::File::create(dst).unwrap());
     let options =
         zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
-    for e in &a.entries {
+    for e in &a.layout.entries {
         zout.start_file(e.name.as_str(), options).unwrap();
-        if e.name == a.entry_name("data.pkl") {
+        if e.name == a.layout.entry_name("data.pkl") {
             zout.write_all(data_pkl).unwrap();
         } else {
             let mut buf = Vec::new();
@@ -276,14 +286,7 @@ fn rename_in_place_and_load(fixture: &str, rename: impl Fn(&str) -> String) {
     assert_eq!(got, want, "{fixture}");
     assert_eq!(b.state_dict_key, a.state_dict_key, "{fixture}");
 
-    let python = root().join(".venv/bin/python");
-    if !python.exists() {
-        eprintln!(
-            "skipping the torch.load check: {} not found (run scripts/setup.sh)",
-            python.display()
-        );
-        return;
-    }
+    let Some(python) = cli::python() else { return };
     let script = "import sys, torch\n\
         c = torch.load(sys.argv[1], map_location='cpu', weights_only=False)\n\
         o = torch.load(sys.argv[2], map_location='cpu', weights_only=False)\n\
@@ -294,21 +297,7 @@ fn rename_in_place_and_load(fixture: &str, rename: impl Fn(&str) -> String) {
         if 'epoch' in o: assert c['epoch'] == o['epoch']\n\
         print('\\n'.join(sd))\n";
     let key_path = a.state_dict_path.join(".");
-    let run = Command::new(&python)
-        .arg("-c")
-        .arg(script)
-        .arg(&dst)
-        .arg(&src)
-        .arg(&key_path)
-        .output()
-        .unwrap();
-    assert!(
-        run.status.success(),
-        "{fixture}: torch.load failed: {}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    let keys: Vec<String> = String::from_utf8(run.stdout)
-        .unwrap()
+    let keys: Vec<String> = cli::run_python(&python, script, &[s(&dst), s(&src), &key_path])
         .lines()
         .map(str::to_string)
         .collect();
@@ -433,21 +422,9 @@ fn bad_inputs_are_refused_with_a_clear_error() {
 
 #[test]
 fn benchmark_corpus_counts_agree_with_case_json() {
-    let bench = root().join("../shared/bench/corpus");
-    if !bench.is_dir() {
-        eprintln!(
-            "skipping: {} not found (the benchmark corpus sits beside the clone)",
-            bench.display()
-        );
+    let Some(cases) = cli::corpus_cases() else {
         return;
-    }
-    let mut cases: Vec<PathBuf> = std::fs::read_dir(&bench)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.join("case.json").exists())
-        .collect();
-    cases.sort();
-    assert!(!cases.is_empty());
+    };
     for case in cases {
         let c: Value =
             serde_json::from_slice(&std::fs::read(case.join("case.json")).unwrap()).unwrap();

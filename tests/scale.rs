@@ -121,14 +121,7 @@ fn module_tree_of_a_wide_model() {
             )
         })
         .collect();
-    let spec = ModelSpec {
-        path: "wide".into(),
-        format: Format::SpecJson,
-        state_dict_key: None,
-        alternatives: vec![],
-        stripped_prefixes: vec![],
-        tensors,
-    };
+    let spec = ModelSpec::new("wide", Format::SpecJson, tensors);
     let start = std::time::Instant::now();
     let tree = spec.module_tree();
     let elapsed = start.elapsed();
@@ -183,4 +176,42 @@ fn batched_candidates_contain_every_counterpart() {
         "{first} of {} counterparts ranked first by the approximate score alone",
         src.tensors.len()
     );
+}
+
+#[test]
+fn deepseek_case_maps_renamed_leaves_and_split_biases() {
+    // The target calls the FP8 block scale `scale` (a second weight of the module) where
+    // the source says `weight_scale_inv`, and keeps the router's correction bias as the
+    // gate's own `bias`: both must map, and nothing may map wrong.
+    let Some(dir) = make_cases("deepseek_v3_1k") else {
+        return;
+    };
+    let case = dir.path().join("deepseek_v3_1k");
+    let mapper = weightmap::mapper::Mapper::from_paths(
+        &case.join("source_sharded/model.safetensors.index.json"),
+        &case.join("target.json"),
+        &ReadOptions::default(),
+        weightmap::mapper::MapperOptions::default(),
+    )
+    .expect("mapper");
+    let result = mapper
+        .suggest_mapping(&weightmap::mapper::SuggestOptions::default())
+        .expect("mapping");
+    let got: HashMap<String, String> = result
+        .mappings
+        .iter()
+        .map(|m| (m.source_original.clone(), m.target.clone()))
+        .collect();
+    let truth = truth(&case);
+    let wrong: Vec<_> = got
+        .iter()
+        .filter(|(s, t)| truth.get(*s).is_some_and(|want| want != *t))
+        .collect();
+    assert!(wrong.is_empty(), "mapped wrong: {wrong:?}");
+    for leaf in ["weight_scale_inv", "e_score_correction_bias"] {
+        let expected: Vec<&String> = truth.keys().filter(|s| s.ends_with(leaf)).collect();
+        assert!(!expected.is_empty(), "no {leaf} in the case");
+        let missing: Vec<&&String> = expected.iter().filter(|s| !got.contains_key(**s)).collect();
+        assert!(missing.is_empty(), "{leaf} left unmapped: {missing:?}");
+    }
 }

@@ -6,52 +6,10 @@
 //! benchmark corpus at `../shared/bench`; each test says so and returns when they are absent.
 
 use serde_json::Value;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn python() -> Option<PathBuf> {
-    let p = repo().join(".venv/bin/python");
-    if p.exists() {
-        Some(p)
-    } else {
-        eprintln!(
-            "skipped: no Python oracle at {} (run scripts/setup.sh)",
-            p.display()
-        );
-        None
-    }
-}
-
-fn weightmap(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_weightmap"))
-        .args(args)
-        .output()
-        .expect("run weightmap")
-}
-
-fn run_python(py: &Path, script: &str, args: &[&str]) -> String {
-    let out = Command::new(py)
-        .arg("-c")
-        .arg(script)
-        .args(args)
-        .output()
-        .expect("run python");
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "python failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
+#[path = "support/cli.rs"]
+mod cli;
+use cli::{python, run_python, s, weightmap};
 
 /// Runs `weightmap verify --json`; returns the exit status and the report.
 fn verify_json(args: &[&str]) -> (bool, Value) {
@@ -118,17 +76,9 @@ print(json.dumps({"missing": sorted(r.missing_keys), "unexpected": sorted(r.unex
 #[test]
 fn corpus_reports_agree_with_load_state_dict() {
     let Some(py) = python() else { return };
-    let corpus = repo().join("../shared/bench/corpus");
-    if !corpus.is_dir() {
-        eprintln!("skipped: no benchmark corpus at {}", corpus.display());
+    let Some(cases) = cli::corpus_cases() else {
         return;
-    }
-    let mut cases: Vec<PathBuf> = std::fs::read_dir(&corpus)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.join("case.json").exists())
-        .collect();
-    cases.sort();
+    };
     let dir = tempfile::tempdir().unwrap();
     for case in &cases {
         let name = case.file_name().unwrap().to_str().unwrap();

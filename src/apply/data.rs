@@ -9,6 +9,7 @@
 //! directory.
 
 use crate::error::{Error, Result};
+use crate::read::torch_zip::{self, ArchiveLayout};
 use crate::spec::{dtype_size, DataLocation, ModelSpec, TensorInfo};
 use std::collections::HashMap;
 use std::fs::File;
@@ -22,88 +23,6 @@ pub const CHUNK_BYTES: usize = 8 << 20;
 
 /// Size of one kernel copy (`copy_file_range`) before its disk write is started.
 const COPY_SLICE_BYTES: u64 = 64 << 20;
-
-/// One storage record of a `torch.save` zip.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Record {
-    /// Offset of the record's first byte in the zip file.
-    pub data_start: u64,
-    /// Size of the record in bytes.
-    pub size: u64,
-    /// CRC-32 of the record, from the central directory.
-    pub crc32: u32,
-}
-
-/// The layout of a `torch.save` zip: its top folder and storage records.
-#[derive(Debug, Clone)]
-pub struct ZipLayout {
-    /// The archive's top folder (`archive`, or the file's stem for older writers).
-    pub prefix: String,
-    /// Storage records by key (the `<prefix>/data/<key>` entries).
-    pub records: HashMap<String, Record>,
-    /// Every entry of the archive in file order: name and record.
-    pub entries: Vec<(String, Record)>,
-}
-
-impl ZipLayout {
-    /// Reads the central directory of the `torch.save` zip at `path`; every entry must be
-    /// stored uncompressed, as `torch.save` writes them.
-    pub fn read(path: &Path) -> Result<ZipLayout> {
-        let file = File::open(path).map_err(|e| Error::io(path, e))?;
-        let mut zip =
-            zip::ZipArchive::new(file).map_err(|e| Error::corrupt(path, "zip", e.to_string()))?;
-        let pkl = zip
-            .file_names()
-            .filter(|n| n.ends_with("/data.pkl") && n.matches('/').count() == 1)
-            .min_by_key(|n| n.len())
-            .map(|n| n.trim_end_matches("/data.pkl").to_string())
-            .ok_or_else(|| Error::corrupt(path, "torch.save zip", "no <archive>/data.pkl entry"))?;
-        let data_dir = format!("{pkl}/data/");
-        let mut records = HashMap::new();
-        let mut entries = Vec::with_capacity(zip.len());
-        for i in 0..zip.len() {
-            let f = zip
-                .by_index_raw(i)
-                .map_err(|e| Error::corrupt(path, "zip", e.to_string()))?;
-            if f.is_dir() {
-                continue;
-            }
-            if f.compression() != zip::CompressionMethod::Stored {
-                return Err(Error::Unsupported {
-                    path: path.into(),
-                    message: format!(
-                        "entry '{}' is compressed ({}); torch.save stores entries uncompressed: re-save the checkpoint with torch.save",
-                        f.name(),
-                        f.compression()
-                    ),
-                });
-            }
-            let record = Record {
-                data_start: f.data_start(),
-                size: f.size(),
-                crc32: f.crc32(),
-            };
-            if let Some(key) = f.name().strip_prefix(&data_dir) {
-                records.insert(key.to_string(), record);
-            }
-            entries.push((f.name().to_string(), record));
-        }
-        entries.sort_by_key(|(_, r)| r.data_start);
-        Ok(ZipLayout {
-            prefix: pkl,
-            records,
-            entries,
-        })
-    }
-
-    /// The record of entry `name` (full name inside the zip).
-    pub fn entry(&self, name: &str) -> Option<Record> {
-        self.entries
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, r)| *r)
-    }
-}
 
 /// Where one tensor's bytes are, as the apply stage needs them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -138,7 +57,7 @@ pub struct TensorData {
     /// The files the data lives in (one, or the shards of a sharded safetensors).
     pub files: Vec<(PathBuf, File)>,
     /// The zip layout, for `torch.save` sources, with the index of its file in `files`.
-    pub zip: Option<(usize, ZipLayout)>,
+    pub zip: Option<(usize, ArchiveLayout)>,
     file_index: HashMap<String, usize>,
 }
 
@@ -165,6 +84,22 @@ fn is_contiguous(shape: &[i64], stride: &[i64]) -> bool {
         expected *= d;
     }
     true
+}
+
+/// The layout of the `torch.save` zip at `path`, whose entries must all be stored
+/// uncompressed (as `torch.save` writes them) to be copied as byte ranges.
+fn stored_layout(path: &Path) -> Result<ArchiveLayout> {
+    let layout = torch_zip::read_layout(path)?;
+    if let Some(e) = layout.entries.iter().find(|e| !e.stored) {
+        return Err(Error::Unsupported {
+            path: path.into(),
+            message: format!(
+                "entry '{}' is compressed; torch.save stores entries uncompressed: re-save the checkpoint with torch.save",
+                e.name
+            ),
+        });
+    }
+    Ok(layout)
 }
 
 impl TensorData {
@@ -198,7 +133,7 @@ impl TensorData {
             if matches!(t.location, Some(DataLocation::TorchStorage { .. })) && data.zip.is_none() {
                 data.zip = Some((
                     data.file_index[&path],
-                    ZipLayout::read(Path::new(&spec.path))?,
+                    stored_layout(Path::new(&spec.path))?,
                 ));
             }
         }
@@ -248,7 +183,7 @@ impl TensorData {
                         ))
                     }
                 };
-                let record = zip.records.get(key).ok_or_else(|| {
+                let record = zip.record_entry(key).ok_or_else(|| {
                     self.corrupt(
                         fi,
                         format!(

@@ -323,18 +323,15 @@ mod tests {
     use crate::spec::{Format, TensorKind};
 
     fn spec(names: &[(&str, Vec<i64>)]) -> ModelSpec {
-        ModelSpec {
-            path: "s.pth".into(),
-            format: Format::SpecJson,
-            state_dict_key: None,
-            alternatives: vec![],
-            stripped_prefixes: vec![],
-            tensors: names
+        ModelSpec::new(
+            "s.pth",
+            Format::SpecJson,
+            names
                 .iter()
                 .enumerate()
                 .map(|(i, (n, s))| TensorInfo::new(n, s.clone(), "float32", TensorKind::Unknown, i))
                 .collect(),
-        }
+        )
     }
 
     #[test]

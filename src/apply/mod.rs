@@ -405,7 +405,7 @@ fn write_pth(
                 None,
                 Some((_, zip)),
             ) => {
-                let record = zip.records.get(key).ok_or_else(|| {
+                let record = zip.record_entry(key).ok_or_else(|| {
                     Error::corrupt(
                         &source.path,
                         "torch.save zip",
@@ -479,7 +479,13 @@ fn write_pth(
                 let (Some(fi), Some(layout)) = (zip_index, layout) else {
                     unreachable!("copies come from a zip source")
                 };
-                let record = layout.records[key];
+                let record = layout.record_entry(key).ok_or_else(|| {
+                    Error::corrupt(
+                        &source.path,
+                        "torch.save zip",
+                        format!("storage record '{key}' is missing"),
+                    )
+                })?;
                 zip.start_entry(&name, record.size).map_err(io)?;
                 data.copy_range(fi, record.data_start, record.size, zip.file(), &dest, None)?;
                 zip.finish_entry(record.crc32).map_err(io)?;

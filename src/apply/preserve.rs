@@ -90,13 +90,21 @@ pub(super) fn write(
     let rewrite = pickle::rewrite_strings(&archive.data_pkl, &edits)
         .map_err(|e| Error::corrupt(path, FORMAT, format!("data.pkl: {e}")))?;
 
-    let pkl_name = archive.entry_name("data.pkl");
+    let pkl_name = archive.layout.entry_name("data.pkl");
     let dest = out.dest().to_path_buf();
     let io = |e: std::io::Error| Error::io(&dest, e);
-    let total: u64 = layout.entries.iter().map(|(_, r)| r.size).sum();
+    // Entries in file order, folders (which torch.save never writes) left out.
+    let mut entries: Vec<_> = layout
+        .entries
+        .iter()
+        .filter(|e| !e.name.ends_with('/'))
+        .collect();
+    entries.sort_by_key(|e| e.data_start);
+    let total: u64 = entries.iter().map(|e| e.size).sum();
     let progress = crate::progress::Progress::new(total, "writing");
     let mut zip = ZipWriter::new(out.file());
-    for (name, record) in &layout.entries {
+    for record in entries {
+        let name = &record.name;
         if *name == pkl_name {
             zip.write_entry(name, &rewrite.data).map_err(io)?;
         } else {

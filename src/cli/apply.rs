@@ -126,17 +126,8 @@ fn compute_mapping(
     target_path: &Path,
     target: &weightmap::ModelSpec,
 ) -> anyhow::Result<Mapping> {
-    use weightmap::mapper::{model_order, Mapper, MapperOptions, SuggestOptions};
-    let order_of = |path: &Path| match model_order(path, &[], tch::Device::Cpu) {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!(
-                "warning: no execution order for {} ({e}); using its registration order",
-                path.display()
-            );
-            None
-        }
-    };
+    use weightmap::mapper::{Mapper, MapperOptions, SuggestOptions};
+    let order_of = |path: &Path| super::report::auto_order(path, &[], tch::Device::Cpu);
     let options = MapperOptions {
         source_order: order_of(source_path),
         target_order: order_of(target_path),

@@ -55,7 +55,10 @@ fn write_json(path: &Path, value: &serde_json::Value) -> anyhow::Result<()> {
 
 /// Runs `weightmap map`.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    // Validate every flag before reading anything.
+    weightmap::progress::set_quiet(args.quiet);
+    // Validate every flag before reading anything. The device is checked whether or not
+    // a trace will use it: CUDA asked for where there is none is an error, not a CPU run.
+    weightmap::score_tensor::parse_device(&args.mapping.device)?;
     let opts = args.mapping.suggest_options()?;
     let mapper = args.mapping.mapper(&args.source, &args.target)?;
     let result = mapper.suggest_mapping(&opts)?;
@@ -63,7 +66,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if let Some(path) = &args.output {
         write_json(path, &result.to_mapping_json())?;
     }
-    let report = result.to_report_json();
+    // The full report costs seconds on large models: built only when asked for.
+    let report = if args.report.is_some() || args.json {
+        result.to_report_json()
+    } else {
+        serde_json::Value::Null
+    };
     if let Some(path) = &args.report {
         write_json(path, &report)?;
     }

@@ -35,7 +35,8 @@ pub enum OrderChoice {
     Static,
     /// The registration order of each TorchScript model (as its modules registered them).
     Registration,
-    /// No order on either side, not even a checkpoint's key order: names and shapes only.
+    /// No order on either side, not even a checkpoint's key order: names (indices in them
+    /// included) and shapes only. Passed to the mapper as an empty order of kind `none`.
     None,
 }
 
@@ -68,7 +69,7 @@ pub struct MappingFlags {
     pub device: String,
     /// Which order tells look-alikes apart: auto (dynamic with --input, else static, else
     /// registration; a checkpoint's key order), dynamic (needs --input), static,
-    /// registration, or none (names and shapes only; for measuring what order adds).
+    /// registration, or none (names and shapes only: measures what order adds).
     #[arg(long, value_enum, default_value_t = OrderChoice::Auto, value_name = "ORDER")]
     pub order: OrderChoice,
 }
@@ -78,7 +79,8 @@ fn parse_input(text: &str) -> Result<InputSpec, String> {
 }
 
 impl MappingFlags {
-    /// The suggest options, validated (before anything is read).
+    /// The suggest options; checks every mapping flag, `--order` with `--input` included,
+    /// before anything is read.
     pub fn suggest_options(&self) -> anyhow::Result<SuggestOptions> {
         let weights: ScoreWeights = match &self.weights {
             Some(w) => w.parse()?,
@@ -139,16 +141,7 @@ impl MappingFlags {
             Ok(weightmap::read::detect_format(path)? == weightmap::Format::TorchScript)
         };
         Ok(match self.order {
-            OrderChoice::Auto => match model_order(path, inputs, device) {
-                Ok(o) => o,
-                Err(e) => {
-                    eprintln!(
-                        "warning: no execution order for {} ({e}); using its registration order",
-                        path.display()
-                    );
-                    None
-                }
-            },
+            OrderChoice::Auto => auto_order(path, inputs, device),
             // An explicit order is used as asked or fails: no silent fallback.
             OrderChoice::Dynamic if script()? && !inputs.is_empty() => {
                 Some(TensorOrder::from(&trace::trace(path, inputs, device)?))
@@ -166,6 +159,21 @@ impl MappingFlags {
                 names: vec![],
             }),
         })
+    }
+}
+
+/// The order `--order auto` gives the model at `path` (see [`model_order`]); when it
+/// cannot be had, a warning and `None` (the mapper then uses the file's order).
+pub fn auto_order(path: &Path, inputs: &[InputSpec], device: tch::Device) -> Option<TensorOrder> {
+    match model_order(path, inputs, device) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!(
+                "warning: no execution order for {} ({e}); using its registration order",
+                path.display()
+            );
+            None
+        }
     }
 }
 

@@ -11,9 +11,10 @@ use super::{
     CONSERVATIVE_MIN_MARGIN, CONSERVATIVE_MIN_SCORE, MAX_ALTERNATIVES,
 };
 use crate::assign::{assign, Edge};
+use crate::progress::Progress;
 use crate::score::{
-    candidate, loose_shape, roles_compatible, score_pair, PairContext, Role, ScoreBreakdown,
-    ScoreWeights, ShapeRelation,
+    candidate, loose_shape, roles_compatible, score_pair, score_upper_bound, PairContext, Role,
+    ScoreBreakdown, ScoreWeights, ShapeRelation,
 };
 use rayon::prelude::*;
 use std::collections::{HashMap, HashSet};
@@ -80,23 +81,30 @@ pub(crate) fn run<'a>(m: &'a Mapper, opts: &SuggestOptions) -> (MappingResult, S
     let s_active: Vec<bool> = m.source.tensors.iter().map(|t| t.persistent).collect();
     let t_active: Vec<bool> = m.target.tensors.iter().map(|t| t.persistent).collect();
 
-    // 1. Stacks among orphans, taken out before structure.
-    let (stacks, s_active, t_active) = {
-        let s0 = SideModel::new(&m.source, m.options.source_order.as_ref(), s_active.clone());
-        let t0 = SideModel::new(&m.target, m.options.target_order.as_ref(), t_active.clone());
-        let so = orphans(&s0, &t0, allow_reshape);
-        let to = orphans(&t0, &s0, allow_reshape);
-        let stacks = detect_stacks(&s0, &t0, &so, &to);
+    // 1. Stacks among orphans, taken out before structure. The two sides are prepared
+    // in parallel; when no stack is found the first preparation is kept as it is.
+    let (s0, t0) = rayon::join(
+        || SideModel::new(&m.source, m.options.source_order.as_ref(), s_active.clone()),
+        || SideModel::new(&m.target, m.options.target_order.as_ref(), t_active.clone()),
+    );
+    let so = orphans(&s0, &t0, allow_reshape);
+    let to = orphans(&t0, &s0, allow_reshape);
+    let stacks = detect_stacks(&s0, &t0, &so, &to);
+    let (s, t) = if stacks.is_empty() {
+        (s0, t0)
+    } else {
+        drop((s0, t0));
         let mut sa = s_active;
         let mut ta = t_active;
         for f in &stacks {
             f.source_tensors.iter().for_each(|&i| sa[i] = false);
             f.target_tensors.iter().for_each(|&i| ta[i] = false);
         }
-        (stacks, sa, ta)
+        rayon::join(
+            || SideModel::new(&m.source, m.options.source_order.as_ref(), sa),
+            || SideModel::new(&m.target, m.options.target_order.as_ref(), ta),
+        )
     };
-    let s = SideModel::new(&m.source, m.options.source_order.as_ref(), s_active);
-    let t = SideModel::new(&m.target, m.options.target_order.as_ref(), t_active);
     let incompat = Incompat::new(&m.options.incompatible);
 
     // 2. Structure.
@@ -163,8 +171,26 @@ pub(crate) fn run<'a>(m: &'a Mapper, opts: &SuggestOptions) -> (MappingResult, S
     }
 
     // 4. Leftover units: scored assignment; ties stay open.
-    let (leftover_pairs, ambiguous_s, ambiguous_t) = state.assign_leftovers(&pairs);
+    let none = HashSet::new();
+    let (leftover_pairs, mut ambiguous_s, mut ambiguous_t) =
+        state.assign_leftovers(&pairs, &none, &none);
+    let paired_some = !leftover_pairs.is_empty();
     pairs.extend(leftover_pairs);
+    // A second round for the tensors the first left free in units it paired in part (a
+    // router's bias that the other side keeps in a sub-module of its own); tensors left
+    // tied in the first round stay as they are.
+    if paired_some {
+        let held_s: HashSet<usize> = ambiguous_s.keys().copied().collect();
+        let held_t: HashSet<usize> = ambiguous_t.keys().copied().collect();
+        let (more, amb_s, amb_t) = state.assign_leftovers(&pairs, &held_s, &held_t);
+        pairs.extend(more);
+        for (k, v) in amb_s {
+            ambiguous_s.entry(k).or_insert(v);
+        }
+        for (k, v) in amb_t {
+            ambiguous_t.entry(k).or_insert(v);
+        }
+    }
 
     // 5. Transforms, orientation evidence, scores.
     let evidence = state.orientation_evidence(&pairs);
@@ -186,9 +212,11 @@ pub(crate) fn run<'a>(m: &'a Mapper, opts: &SuggestOptions) -> (MappingResult, S
     for (p, ..) in &scored {
         state.t_to_s.insert(p.t, p.s);
     }
+    let progress = Progress::new(scored.len() as u64, "scoring");
     let mut mappings: Vec<Match> = scored
         .par_iter()
         .map(|(p, transform, flag, b)| {
+            progress.inc(1);
             let alts = state.alternatives(p.s, p.t);
             let best_alt = alts.first().map(|a| a.1.total);
             let confidence = match best_alt {
@@ -229,6 +257,7 @@ pub(crate) fn run<'a>(m: &'a Mapper, opts: &SuggestOptions) -> (MappingResult, S
             }
         })
         .collect();
+    progress.finish();
 
     // 6. Threshold and strategy.
     let mut rejected_s: HashMap<usize, UnmatchedReason> = HashMap::new();
@@ -549,6 +578,34 @@ impl<'a> State<'a> {
         exclude: Option<usize>,
     ) -> Vec<(usize, ScoreBreakdown)> {
         let sf = &self.s.feats[si];
+        let chosen = self.candidate_targets(si, limit, exclude);
+        let mut out: Vec<(usize, ScoreBreakdown)> = chosen
+            .into_iter()
+            .filter_map(|ti| {
+                let ctx = self.pair_context(si, ti);
+                score_pair(
+                    sf,
+                    &self.t.feats[ti],
+                    &ctx,
+                    &self.weights,
+                    self.allow_reshape,
+                )
+                .map(|b| (ti, b))
+            })
+            .collect();
+        out.sort_by(|a, b| b.1.total.total_cmp(&a.1.total).then(a.0.cmp(&b.0)));
+        out
+    }
+
+    /// Candidate targets of source tensor `si`, nearest context first, up to `limit`
+    /// (all when `limit` is `None`), unscored.
+    fn candidate_targets(
+        &self,
+        si: usize,
+        limit: Option<usize>,
+        exclude: Option<usize>,
+    ) -> Vec<usize> {
+        let sf = &self.s.feats[si];
         let mut scopes: Vec<usize> = self
             .s
             .ancestors_of_tensor(si)
@@ -576,42 +633,87 @@ impl<'a> State<'a> {
                 }
             }
         }
-        let mut out: Vec<(usize, ScoreBreakdown)> = chosen
+        chosen
+    }
+
+    /// The best [`MAX_ALTERNATIVES`] of the first [`MAX_ALTERNATIVES_SCORED`] candidates
+    /// of `si` other than `ti`, best first: the same as the head of
+    /// [`Self::scored_candidates`], but candidates whose upper bound cannot reach the
+    /// ones kept are never scored exactly (one call per match: it adds up at scale).
+    fn alternatives(&self, si: usize, ti: usize) -> Vec<(usize, ScoreBreakdown)> {
+        let sf = &self.s.feats[si];
+        let mut bounded: Vec<(usize, f64)> = self
+            .candidate_targets(si, Some(MAX_ALTERNATIVES_SCORED), Some(ti))
             .into_iter()
-            .filter_map(|ti| {
-                let ctx = self.pair_context(si, ti);
-                score_pair(
+            .filter_map(|t| {
+                let ctx = self.pair_context(si, t);
+                score_upper_bound(
                     sf,
-                    &self.t.feats[ti],
+                    &self.t.feats[t],
                     &ctx,
                     &self.weights,
                     self.allow_reshape,
                 )
-                .map(|b| (ti, b))
+                .map(|b| (t, b))
             })
             .collect();
-        out.sort_by(|a, b| b.1.total.total_cmp(&a.1.total).then(a.0.cmp(&b.0)));
+        bounded.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        let mut out: Vec<(usize, ScoreBreakdown)> = vec![];
+        for (t, bound) in bounded {
+            if out.len() >= MAX_ALTERNATIVES {
+                // Ties are broken by index, so a bound equal to the last kept total
+                // could still displace it: stop only when strictly below.
+                if out[MAX_ALTERNATIVES - 1].1.total > bound {
+                    break;
+                }
+            }
+            let ctx = self.pair_context(si, t);
+            if let Some(b) = score_pair(
+                sf,
+                &self.t.feats[t],
+                &ctx,
+                &self.weights,
+                self.allow_reshape,
+            ) {
+                out.push((t, b));
+                out.sort_by(|a, b| b.1.total.total_cmp(&a.1.total).then(a.0.cmp(&b.0)));
+            }
+        }
+        out.truncate(MAX_ALTERNATIVES);
         out
     }
 
-    fn alternatives(&self, si: usize, ti: usize) -> Vec<(usize, ScoreBreakdown)> {
-        self.scored_candidates(si, Some(MAX_ALTERNATIVES_SCORED), Some(ti))
-    }
-
     /// Score of a unit pair: mean over the tensor pairs it makes (None if incompatible).
-    fn unit_score(&self, su: usize, tu: usize) -> Option<(f64, Vec<(usize, usize)>)> {
+    /// Tensors already taken (`taken_s`, `taken_t`) are left out of both units.
+    fn unit_score(
+        &self,
+        su: usize,
+        tu: usize,
+        taken_s: &HashSet<usize>,
+        taken_t: &HashSet<usize>,
+    ) -> Option<(f64, Vec<(usize, usize)>)> {
         let (a, b) = (&self.s.units[su], &self.t.units[tu]);
         if self.incompat.forbidden(&a.label, &b.label) {
             return None;
         }
+        let a_free: Vec<(Role, usize)> = a
+            .tensors
+            .iter()
+            .copied()
+            .filter(|x| !taken_s.contains(&x.1))
+            .collect();
+        let b_free: Vec<(Role, usize)> = b
+            .tensors
+            .iter()
+            .copied()
+            .filter(|x| !taken_t.contains(&x.1))
+            .collect();
         let mut pairs = vec![];
         let mut total = 0.0;
-        for &(role, si) in &a.tensors {
-            let hit = b.tensors.iter().find(|(r, _)| *r == role).or_else(|| {
-                (a.tensors.len() == 1
-                    && b.tensors.len() == 1
-                    && roles_compatible(role, b.tensors[0].0))
-                .then_some(&b.tensors[0])
+        for &(role, si) in &a_free {
+            let hit = b_free.iter().find(|(r, _)| *r == role).or_else(|| {
+                (a_free.len() == 1 && b_free.len() == 1 && roles_compatible(role, b_free[0].0))
+                    .then_some(&b_free[0])
             });
             if let Some(&(_, ti)) = hit {
                 let ctx = self.pair_context(si, ti);
@@ -636,17 +738,46 @@ impl<'a> State<'a> {
     /// Scored one-to-one assignment of the units structure left over. Returns the pairs
     /// and, per tensor, the candidates it tied with.
     #[allow(clippy::type_complexity)]
+    /// Tensors in `held_s` / `held_t` are treated as taken.
     fn assign_leftovers(
         &self,
         existing: &[TPair],
+        held_s: &HashSet<usize>,
+        held_t: &HashSet<usize>,
     ) -> (
         Vec<TPair>,
         HashMap<usize, Vec<usize>>,
         HashMap<usize, Vec<usize>>,
     ) {
-        let taken_t: HashSet<usize> = existing.iter().map(|p| p.t).collect();
-        let left_s: Vec<usize> = self.st.left_s.clone();
-        let left_t: Vec<usize> = self
+        let mut taken_t: HashSet<usize> = existing.iter().map(|p| p.t).collect();
+        let mut taken_s: HashSet<usize> = existing.iter().map(|p| p.s).collect();
+        taken_s.extend(held_s);
+        taken_t.extend(held_t);
+        // Units that structure paired with a tensor left over (a router's bias that the
+        // other side keeps in a sub-module of its own) offer their free tensors too.
+        let partial = |units: &[super::model::Unit], taken: &HashSet<usize>| -> Vec<usize> {
+            (0..units.len())
+                .filter(|&u| {
+                    let t = &units[u].tensors;
+                    t.iter().any(|x| taken.contains(&x.1))
+                        && t.iter().any(|x| !taken.contains(&x.1))
+                })
+                .collect()
+        };
+        let mut left_s: Vec<usize> = self
+            .st
+            .left_s
+            .iter()
+            .copied()
+            .filter(|&u| {
+                self.s.units[u]
+                    .tensors
+                    .iter()
+                    .all(|x| !taken_s.contains(&x.1))
+            })
+            .collect();
+        left_s.extend(partial(&self.s.units, &taken_s));
+        let mut left_t: Vec<usize> = self
             .st
             .left_t
             .iter()
@@ -658,6 +789,21 @@ impl<'a> State<'a> {
                     .all(|x| !taken_t.contains(&x.1))
             })
             .collect();
+        left_t.extend(partial(&self.t.units, &taken_t));
+        let free_s = |u: usize| {
+            self.s.units[u]
+                .tensors
+                .iter()
+                .copied()
+                .filter(|x| !taken_s.contains(&x.1))
+        };
+        let free_t = |u: usize| {
+            self.t.units[u]
+                .tensors
+                .iter()
+                .copied()
+                .filter(|x| !taken_t.contains(&x.1))
+        };
         // Index target units by (role, loose shape) of their tensors; with a shape
         // tolerance, size-1 dimensions are dropped first so that reshapes meet.
         let key_shape = |shape: &[i64]| -> Vec<i64> {
@@ -675,7 +821,7 @@ impl<'a> State<'a> {
         };
         let mut index: HashMap<(Role, Vec<i64>), Vec<usize>> = HashMap::new();
         for (k, &u) in left_t.iter().enumerate() {
-            for &(r, ti) in &self.t.units[u].tensors {
+            for (r, ti) in free_t(u) {
                 let key_role = if r == Role::Param { Role::Weight } else { r };
                 let e = index
                     .entry((key_role, key_shape(&self.t.spec.tensors[ti].shape)))
@@ -685,12 +831,14 @@ impl<'a> State<'a> {
                 }
             }
         }
+        let progress = Progress::new(left_s.len() as u64, "solving");
         let rows: Vec<Vec<(usize, f64, Vec<(usize, usize)>)>> = left_s
             .par_iter()
             .map(|&su| {
+                progress.inc(1);
                 let unit = &self.s.units[su];
                 let mut cands: Vec<usize> = vec![];
-                for &(r, si) in &unit.tensors {
+                for (r, si) in free_s(su) {
                     let key_role = if r == Role::Param { Role::Weight } else { r };
                     if let Some(v) =
                         index.get(&(key_role, key_shape(&self.s.spec.tensors[si].shape)))
@@ -731,7 +879,10 @@ impl<'a> State<'a> {
                 }
                 cands
                     .into_iter()
-                    .filter_map(|k| self.unit_score(su, left_t[k]).map(|(sc, p)| (k, sc, p)))
+                    .filter_map(|k| {
+                        self.unit_score(su, left_t[k], &taken_s, &taken_t)
+                            .map(|(sc, p)| (k, sc, p))
+                    })
                     .collect()
             })
             .collect();
@@ -748,6 +899,7 @@ impl<'a> State<'a> {
             }
         }
         let assigned = assign(left_s.len(), &edges);
+        progress.finish();
         let row_of_col: HashMap<usize, usize> = assigned.iter().map(|a| (a.col, a.row)).collect();
         let col_of_row: HashMap<usize, usize> = assigned.iter().map(|a| (a.row, a.col)).collect();
         let mut rows_of_col: HashMap<usize, Vec<(usize, f64)>> = HashMap::new();
@@ -821,13 +973,13 @@ impl<'a> State<'a> {
                 su_all.extend(ties_s.iter().map(|&r| left_s[r]));
                 let t_tensors: Vec<usize> = tu_all
                     .iter()
-                    .flat_map(|&u| self.t.units[u].tensors.iter().map(|x| x.1))
+                    .flat_map(|&u| free_t(u).map(|x| x.1))
                     .collect();
                 let s_tensors: Vec<usize> = su_all
                     .iter()
-                    .flat_map(|&u| self.s.units[u].tensors.iter().map(|x| x.1))
+                    .flat_map(|&u| free_s(u).map(|x| x.1))
                     .collect();
-                for &(_, si) in &self.s.units[su].tensors {
+                for (_, si) in free_s(su) {
                     let role = self.s.feats[si].role;
                     amb_s.insert(
                         si,
@@ -838,7 +990,7 @@ impl<'a> State<'a> {
                             .collect(),
                     );
                 }
-                for &(_, ti) in &self.t.units[left_t[a.col]].tensors {
+                for (_, ti) in free_t(left_t[a.col]) {
                     let role = self.t.feats[ti].role;
                     amb_t.insert(
                         ti,

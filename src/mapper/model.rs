@@ -338,7 +338,9 @@ impl<'a> SideModel<'a> {
             nodes[cur].units.push(u);
         }
 
-        // Unit signatures: sorted (role, shape), optional roles left out unless alone.
+        // Unit signatures: sorted (role, shape), optional roles left out unless alone. A bare
+        // parameter counts as a weight (`score::roles_compatible`): a leaf renamed consistently
+        // (`weight_scale_inv` beside `weight` → a second `scale` weight) keeps modules alike.
         for u in units.iter_mut() {
             let sig = |loose: bool| {
                 let mut v: Vec<(Role, Vec<i64>)> = u
@@ -347,7 +349,7 @@ impl<'a> SideModel<'a> {
                     .filter(|(r, _)| !r.optional() || u.tensors.iter().all(|(r2, _)| r2.optional()))
                     .map(|(r, i)| {
                         (
-                            *r,
+                            if *r == Role::Param { Role::Weight } else { *r },
                             if loose {
                                 loose_shape(&spec.tensors[*i].shape)
                             } else {

@@ -197,7 +197,10 @@ impl<'a, 'b> Matcher<'a, 'b> {
             s_root: String::new(),
             t_root: String::new(),
         }];
+        // Levels matched so far (the total is not known in advance).
+        let progress = crate::progress::Progress::spinner("matching");
         while let Some(level) = work.pop() {
+            progress.inc(1);
             let pairs = self.match_level(level);
             for p in pairs.into_iter().rev() {
                 match (p.s, p.t) {
@@ -232,6 +235,7 @@ impl<'a, 'b> Matcher<'a, 'b> {
                 }
             }
         }
+        progress.finish();
         self.out
     }
 
@@ -246,10 +250,14 @@ impl<'a, 'b> Matcher<'a, 'b> {
         let mut pairs: Vec<Pair> = vec![];
         self.level_pairs.clear();
         self.failed.clear();
+        // Pairs only grow: each round records the new ones (all of them each round is
+        // quadratic on levels with tens of thousands of items).
+        let mut recorded = 0;
         loop {
-            for p in &pairs {
+            for p in &pairs[recorded..] {
                 self.level_pairs.insert(p.s, p.t);
             }
+            recorded = pairs.len();
             if ps.is_empty() || pt.is_empty() {
                 break;
             }

@@ -151,14 +151,11 @@ pub fn read_spec_json(path: &Path) -> Result<ModelSpec> {
         .get("tensors")
         .and_then(|t| t.as_array())
         .ok_or_else(|| Error::corrupt(path, "model spec JSON", "no \"tensors\" list"))?;
-    let mut spec = ModelSpec {
-        path: path.display().to_string(),
-        format: Format::SpecJson,
-        state_dict_key: None,
-        alternatives: vec![],
-        stripped_prefixes: vec![],
-        tensors: Vec::with_capacity(tensors.len()),
-    };
+    let mut spec = ModelSpec::new(
+        path.display().to_string(),
+        Format::SpecJson,
+        Vec::with_capacity(tensors.len()),
+    );
     for (i, t) in tensors.iter().enumerate() {
         let bad =
             |what: &str| Error::corrupt(path, "model spec JSON", format!("tensors[{i}]: {what}"));

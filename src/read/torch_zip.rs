@@ -11,7 +11,8 @@
 //! [`open`] returns the parsed [`TorchArchive`] (entries, storage records, `data.pkl`
 //! bytes, the parsed pickle, the chosen state dict and its tensors with the byte span of
 //! each key), which the apply stage uses to rewrite a checkpoint; [`read`] turns it into
-//! a [`ModelSpec`].
+//! a [`ModelSpec`]; [`read_layout`] reads only the central directory ([`ArchiveLayout`]),
+//! for copying storage records byte for byte.
 
 use super::pickle::{self, Pickle, TensorRef, Value};
 use crate::error::{Error, Result};
@@ -77,6 +78,42 @@ pub struct ArchiveEntry {
     pub stored: bool,
     /// Offset of the entry's data in the file (after its local header).
     pub data_start: u64,
+    /// CRC-32 of the entry's uncompressed bytes, from the central directory (copied
+    /// unchanged when the apply stage writes the entry again).
+    pub crc32: u32,
+}
+
+/// The central directory of a `torch.save` zip: its entries, the folder they sit in and
+/// the storage records. Read without the pickle ([`read_layout`]) by the apply stage,
+/// which copies storage bytes straight from the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArchiveLayout {
+    /// The folder all entries sit in (`archive`), without the slash; empty if none.
+    pub prefix: String,
+    /// Every zip entry, in central-directory order.
+    pub entries: Vec<ArchiveEntry>,
+    /// The storage records (`<prefix>/data/<key>`), in entry order.
+    pub records: Vec<StorageRecord>,
+    /// Index into `records` by storage key.
+    record_index: HashMap<String, usize>,
+}
+
+impl ArchiveLayout {
+    /// The zip entry name of `rel` inside the archive folder (`data.pkl` →
+    /// `archive/data.pkl`).
+    pub fn entry_name(&self, rel: &str) -> String {
+        join(&self.prefix, rel)
+    }
+
+    /// The storage record with key `key`.
+    pub fn record(&self, key: &str) -> Option<&StorageRecord> {
+        self.record_index.get(key).map(|&i| &self.records[i])
+    }
+
+    /// The zip entry holding storage `key`.
+    pub fn record_entry(&self, key: &str) -> Option<&ArchiveEntry> {
+        self.record(key).map(|r| &self.entries[r.entry])
+    }
 }
 
 /// A storage record, `<prefix>/data/<key>`.
@@ -84,7 +121,7 @@ pub struct ArchiveEntry {
 pub struct StorageRecord {
     /// The storage key (the persistent id's key).
     pub key: String,
-    /// Index into [`TorchArchive::entries`].
+    /// Index into [`ArchiveLayout::entries`].
     pub entry: usize,
     /// Size in bytes.
     pub size: u64,
@@ -112,12 +149,8 @@ pub struct StateDictEntry {
 pub struct TorchArchive {
     /// The file.
     pub path: PathBuf,
-    /// The folder all entries sit in (`archive`), without the slash; empty if none.
-    pub prefix: String,
-    /// Every zip entry, in central-directory order.
-    pub entries: Vec<ArchiveEntry>,
-    /// The storage records (`<prefix>/data/<key>`), in entry order.
-    pub records: Vec<StorageRecord>,
+    /// Its central directory: entries, folder, storage records.
+    pub layout: ArchiveLayout,
     /// Content of `<prefix>/byteorder` (`little`/`big`), when present.
     pub byteorder: Option<String>,
     /// The bytes of `<prefix>/data.pkl`.
@@ -138,21 +171,6 @@ pub struct TorchArchive {
 }
 
 impl TorchArchive {
-    /// The zip entry name of `rel` inside the archive folder (`data.pkl` →
-    /// `archive/data.pkl`).
-    pub fn entry_name(&self, rel: &str) -> String {
-        if self.prefix.is_empty() {
-            rel.to_string()
-        } else {
-            format!("{}/{rel}", self.prefix)
-        }
-    }
-
-    /// The storage record with key `key`.
-    pub fn record(&self, key: &str) -> Option<&StorageRecord> {
-        self.records.iter().find(|r| r.key == key)
-    }
-
     /// The model spec of the chosen state dict (names as written; not normalized).
     pub fn to_spec(&self) -> ModelSpec {
         let mut tensors = Vec::with_capacity(self.tensors.len());
@@ -212,11 +230,14 @@ pub fn read(path: &Path, state_dict_key: Option<&str>) -> Result<ModelSpec> {
     Ok(open(path, state_dict_key)?.to_spec())
 }
 
-/// Opens a `torch.save` zip: reads the central directory and `data.pkl` (never the
-/// storage records), finds the state dict (`state_dict_key` picks another: a dotted
-/// path such as `ema` or `model.ema`, or [`TOP_LEVEL_KEY`]), and checks that every
-/// tensor's storage record exists and is large enough.
-pub fn open(path: &Path, state_dict_key: Option<&str>) -> Result<TorchArchive> {
+/// Reads the central directory of the `torch.save` zip at `path` (not the pickle):
+/// entries, folder and storage records. Every entry must lie inside the file.
+pub fn read_layout(path: &Path) -> Result<ArchiveLayout> {
+    Ok(open_layout(path)?.1)
+}
+
+/// Opens the zip at `path` and reads its layout; the open zip serves to read entries.
+fn open_layout(path: &Path) -> Result<(zip::ZipArchive<std::fs::File>, ArchiveLayout)> {
     let corrupt = |m: String| Error::corrupt(path, FORMAT, m);
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
@@ -234,6 +255,7 @@ pub fn open(path: &Path, state_dict_key: Option<&str>) -> Result<TorchArchive> {
             compressed_size: f.compressed_size(),
             stored: f.compression() == zip::CompressionMethod::Stored,
             data_start: f.data_start(),
+            crc32: f.crc32(),
         };
         if entry
             .data_start
@@ -248,9 +270,9 @@ pub fn open(path: &Path, state_dict_key: Option<&str>) -> Result<TorchArchive> {
         entries.push(entry);
     }
 
-    let pkl_index = entries
+    let pkl = entries
         .iter()
-        .position(|e| {
+        .find(|e| {
             e.name == "data.pkl"
                 || e.name
                     .strip_suffix("/data.pkl")
@@ -260,31 +282,12 @@ pub fn open(path: &Path, state_dict_key: Option<&str>) -> Result<TorchArchive> {
             path: path.into(),
             message: "a zip without <folder>/data.pkl: not a torch.save checkpoint".into(),
         })?;
-    let prefix = entries[pkl_index]
+    let prefix = pkl
         .name
         .strip_suffix("data.pkl")
         .unwrap_or("")
         .trim_end_matches('/')
         .to_string();
-    if entries[pkl_index].size > MAX_DATA_PKL_BYTES {
-        return Err(corrupt(format!(
-            "data.pkl declares {} bytes, more than the {MAX_DATA_PKL_BYTES}-byte limit",
-            entries[pkl_index].size
-        )));
-    }
-    let data_pkl = read_entry(&mut zip, pkl_index, MAX_DATA_PKL_BYTES)
-        .map_err(|m| corrupt(format!("data.pkl: {m}")))?;
-    let byteorder = match entries
-        .iter()
-        .position(|e| e.name == join(&prefix, "byteorder"))
-    {
-        Some(i) => {
-            let b = read_entry(&mut zip, i, 16).map_err(|m| corrupt(format!("byteorder: {m}")))?;
-            Some(String::from_utf8_lossy(&b).trim().to_string())
-        }
-        None => None,
-    };
-
     let data_dir = join(&prefix, "data/");
     let records: Vec<StorageRecord> = entries
         .iter()
@@ -298,6 +301,52 @@ pub fn open(path: &Path, state_dict_key: Option<&str>) -> Result<TorchArchive> {
             })
         })
         .collect();
+
+    let record_index = records
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (r.key.clone(), i))
+        .collect();
+    let layout = ArchiveLayout {
+        prefix,
+        entries,
+        records,
+        record_index,
+    };
+    Ok((zip, layout))
+}
+
+/// Opens a `torch.save` zip: reads the central directory and `data.pkl` (never the
+/// storage records), finds the state dict (`state_dict_key` picks another: a dotted
+/// path such as `ema` or `model.ema`, or [`TOP_LEVEL_KEY`]), and checks that every
+/// tensor's storage record exists and is large enough.
+pub fn open(path: &Path, state_dict_key: Option<&str>) -> Result<TorchArchive> {
+    let corrupt = |m: String| Error::corrupt(path, FORMAT, m);
+    let (mut zip, layout) = open_layout(path)?;
+    let pkl_index = layout
+        .entries
+        .iter()
+        .position(|e| e.name == layout.entry_name("data.pkl"))
+        .ok_or_else(|| corrupt("no data.pkl entry".into()))?;
+    if layout.entries[pkl_index].size > MAX_DATA_PKL_BYTES {
+        return Err(corrupt(format!(
+            "data.pkl declares {} bytes, more than the {MAX_DATA_PKL_BYTES}-byte limit",
+            layout.entries[pkl_index].size
+        )));
+    }
+    let data_pkl = read_entry(&mut zip, pkl_index, MAX_DATA_PKL_BYTES)
+        .map_err(|m| corrupt(format!("data.pkl: {m}")))?;
+    let byteorder = match layout
+        .entries
+        .iter()
+        .position(|e| e.name == layout.entry_name("byteorder"))
+    {
+        Some(i) => {
+            let b = read_entry(&mut zip, i, 16).map_err(|m| corrupt(format!("byteorder: {m}")))?;
+            Some(String::from_utf8_lossy(&b).trim().to_string())
+        }
+        None => None,
+    };
 
     let pickle = pickle::parse(&data_pkl).map_err(|e| corrupt(format!("data.pkl: {e}")))?;
     let choice = choose_state_dict(&pickle, path, state_dict_key)?;
@@ -339,11 +388,10 @@ pub fn open(path: &Path, state_dict_key: Option<&str>) -> Result<TorchArchive> {
     }
 
     // Every tensor must fit in its storage record; checked from the central directory.
-    let sizes: HashMap<&str, u64> = records.iter().map(|r| (r.key.as_str(), r.size)).collect();
     for e in &tensors {
         let t = &e.tensor;
-        let record = join(&prefix, &format!("data/{}", t.storage.key));
-        let Some(&have) = sizes.get(t.storage.key.as_str()) else {
+        let record = layout.entry_name(&format!("data/{}", t.storage.key));
+        let Some(have) = layout.record(&t.storage.key).map(|r| r.size) else {
             return Err(corrupt(format!(
                 "tensor '{}' refers to storage record {record}, which the archive does not contain",
                 e.key
@@ -365,9 +413,7 @@ pub fn open(path: &Path, state_dict_key: Option<&str>) -> Result<TorchArchive> {
 
     Ok(TorchArchive {
         path: path.to_path_buf(),
-        prefix,
-        entries,
-        records,
+        layout,
         byteorder,
         data_pkl,
         state_dict_key: if choice.path.is_empty() {

@@ -444,18 +444,15 @@ mod tests {
     use crate::spec::Format;
 
     fn spec(path: &str, names: &[(&str, Vec<i64>)]) -> ModelSpec {
-        ModelSpec {
-            path: path.into(),
-            format: Format::SpecJson,
-            state_dict_key: None,
-            alternatives: vec![],
-            stripped_prefixes: vec![],
-            tensors: names
+        ModelSpec::new(
+            path,
+            Format::SpecJson,
+            names
                 .iter()
                 .enumerate()
                 .map(|(i, (n, s))| TensorInfo::new(n, s.clone(), "float32", TensorKind::Unknown, i))
                 .collect(),
-        }
+        )
     }
 
     #[test]

@@ -62,7 +62,8 @@ const CUDA_BACKEND_LIBRARY: &str = "libtorch_cuda.so";
 /// drop it anyway, since nothing references it, leaving CUDA silently unavailable. Loading
 /// it with `RTLD_GLOBAL` before the first CUDA call registers the backend for real.
 pub fn load_cuda_backend() -> std::result::Result<(), String> {
-    static LOADED: std::sync::OnceLock<std::result::Result<(), String>> = std::sync::OnceLock::new();
+    static LOADED: std::sync::OnceLock<std::result::Result<(), String>> =
+        std::sync::OnceLock::new();
     LOADED
         .get_or_init(|| {
             let name = std::ffi::CString::new(CUDA_BACKEND_LIBRARY).expect("no NUL in the name");

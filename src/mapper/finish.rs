@@ -348,78 +348,71 @@ pub(crate) fn run<'a>(m: &'a Mapper, opts: &SuggestOptions) -> (MappingResult, S
     }
     let tied_s = tied_partner(&m.source, &matched_s);
     let tied_t = tied_partner(&m.target, &matched_t);
-    let mut unmatched_source = vec![];
-    for (i, tensor) in m.source.tensors.iter().enumerate() {
-        if matched_s.contains(&i) {
-            continue;
-        }
-        let reason = if let Some(&k) = rel_s.get(&i) {
-            UnmatchedReason::ManyToOne {
-                relation: relations[k].relation.clone(),
-            }
-        } else if !tensor.persistent {
-            UnmatchedReason::NotInStateDict
-        } else if let Some(r) = rejected_s.get(&i) {
-            r.clone()
-        } else if let Some(c) = missing_s.get(&i) {
-            UnmatchedReason::MissingInCounterpart {
-                counterpart: c.clone(),
-            }
-        } else if let Some(to) = tied_s.get(&i) {
-            UnmatchedReason::Tied { to: to.clone() }
-        } else if let Some(c) = ambiguous_s.get(&i) {
-            UnmatchedReason::Ambiguous {
-                candidates: c
-                    .iter()
-                    .map(|&t| m.target.tensors[t].original_name.clone())
-                    .collect(),
-            }
+    // The same reasons, in the same order of precedence, for either side.
+    let unmatched = |is_source: bool| -> Vec<Unmatched> {
+        let (spec, other, matched, rel, rejected, missing, tied, ambiguous) = if is_source {
+            (
+                &m.source,
+                &m.target,
+                &matched_s,
+                &rel_s,
+                &rejected_s,
+                &missing_s,
+                &tied_s,
+                &ambiguous_s,
+            )
         } else {
-            state.open_reason(i, true, &matched_s, &matched_t)
+            (
+                &m.target,
+                &m.source,
+                &matched_t,
+                &rel_t,
+                &rejected_t,
+                &missing_t,
+                &tied_t,
+                &ambiguous_t,
+            )
         };
-        unmatched_source.push(Unmatched {
-            name: tensor.name.clone(),
-            original_name: tensor.original_name.clone(),
-            shape: tensor.shape.clone(),
-            reason,
-        });
-    }
-    let mut unmatched_target = vec![];
-    for (i, tensor) in m.target.tensors.iter().enumerate() {
-        if matched_t.contains(&i) {
-            continue;
+        let mut out = vec![];
+        for (i, tensor) in spec.tensors.iter().enumerate() {
+            if matched.contains(&i) {
+                continue;
+            }
+            let reason = if let Some(&k) = rel.get(&i) {
+                UnmatchedReason::ManyToOne {
+                    relation: relations[k].relation.clone(),
+                }
+            } else if !tensor.persistent {
+                UnmatchedReason::NotInStateDict
+            } else if let Some(r) = rejected.get(&i) {
+                r.clone()
+            } else if let Some(c) = missing.get(&i) {
+                UnmatchedReason::MissingInCounterpart {
+                    counterpart: c.clone(),
+                }
+            } else if let Some(to) = tied.get(&i) {
+                UnmatchedReason::Tied { to: to.clone() }
+            } else if let Some(c) = ambiguous.get(&i) {
+                UnmatchedReason::Ambiguous {
+                    candidates: c
+                        .iter()
+                        .map(|&o| other.tensors[o].original_name.clone())
+                        .collect(),
+                }
+            } else {
+                state.open_reason(i, is_source, &matched_s, &matched_t)
+            };
+            out.push(Unmatched {
+                name: tensor.name.clone(),
+                original_name: tensor.original_name.clone(),
+                shape: tensor.shape.clone(),
+                reason,
+            });
         }
-        let reason = if let Some(&k) = rel_t.get(&i) {
-            UnmatchedReason::ManyToOne {
-                relation: relations[k].relation.clone(),
-            }
-        } else if !tensor.persistent {
-            UnmatchedReason::NotInStateDict
-        } else if let Some(r) = rejected_t.get(&i) {
-            r.clone()
-        } else if let Some(c) = missing_t.get(&i) {
-            UnmatchedReason::MissingInCounterpart {
-                counterpart: c.clone(),
-            }
-        } else if let Some(to) = tied_t.get(&i) {
-            UnmatchedReason::Tied { to: to.clone() }
-        } else if let Some(c) = ambiguous_t.get(&i) {
-            UnmatchedReason::Ambiguous {
-                candidates: c
-                    .iter()
-                    .map(|&s| m.source.tensors[s].original_name.clone())
-                    .collect(),
-            }
-        } else {
-            state.open_reason(i, false, &matched_s, &matched_t)
-        };
-        unmatched_target.push(Unmatched {
-            name: tensor.name.clone(),
-            original_name: tensor.original_name.clone(),
-            shape: tensor.shape.clone(),
-            reason,
-        });
-    }
+        out
+    };
+    let unmatched_source = unmatched(true);
+    let unmatched_target = unmatched(false);
 
     let summary = |spec: &crate::spec::ModelSpec, side: &SideModel| ModelSummary {
         path: spec.path.clone(),

@@ -788,106 +788,85 @@ impl<'a, 'b> Matcher<'a, 'b> {
         let loose_t: HashSet<u64> = tu.iter().map(|&u| self.t.units[u].loose).collect();
         let mut consumed_s: HashSet<usize> = HashSet::new();
         let mut consumed_t: HashSet<usize> = HashSet::new();
-        // A source unit split into target units.
-        for &u in &su {
-            if loose_t.contains(&self.s.units[u].loose) || consumed_s.contains(&u) {
-                continue;
-            }
-            let cands: Vec<usize> = tu
-                .iter()
-                .copied()
-                .filter(|c| !consumed_t.contains(c))
-                .collect();
-            if let Some((members, axes)) = split_of(self.s, u, self.t, &cands) {
+        // First a source unit split into target units (Split), then a target unit made of
+        // source units (Concat): the same search with the sides swapped.
+        for split in [true, false] {
+            let (one, many) = if split {
+                (self.s, self.t)
+            } else {
+                (self.t, self.s)
+            };
+            let (ones, manys) = if split { (&su, &tu) } else { (&tu, &su) };
+            let loose_many = if split { &loose_t } else { &loose_s };
+            for &u in ones {
+                let (consumed_one, consumed_many) = if split {
+                    (&consumed_s, &consumed_t)
+                } else {
+                    (&consumed_t, &consumed_s)
+                };
+                if loose_many.contains(&one.units[u].loose) || consumed_one.contains(&u) {
+                    continue;
+                }
+                let cands: Vec<usize> = manys
+                    .iter()
+                    .copied()
+                    .filter(|c| !consumed_many.contains(c))
+                    .collect();
+                let Some((members, axes)) = split_of(one, u, many, &cands) else {
+                    continue;
+                };
                 if members.iter().any(|&m| {
-                    self.incompat
-                        .forbidden(&self.s.units[u].label, &self.t.units[m].label)
+                    let (a, b) = (&one.units[u].label, &many.units[m].label);
+                    let (source_label, target_label) = if split { (a, b) } else { (b, a) };
+                    self.incompat.forbidden(source_label, target_label)
                 }) {
                     continue;
                 }
                 for (role, axis) in axes {
-                    let Some(&(_, si)) = self.s.units[u].tensors.iter().find(|(r, _)| *r == role)
+                    let Some(&(_, oi)) = one.units[u].tensors.iter().find(|(r, _)| *r == role)
                     else {
                         continue;
                     };
-                    let tis: Vec<usize> = members
+                    let mis: Vec<usize> = members
                         .iter()
                         .filter_map(|&m| {
-                            self.t.units[m]
+                            many.units[m]
                                 .tensors
                                 .iter()
                                 .find(|(r, _)| *r == role)
                                 .map(|x| x.1)
                         })
                         .collect();
-                    self.out.relations.push(Found {
-                        relation: ManyToOne {
-                            kind: ManyToOneKind::Split,
-                            sources: vec![self.s.spec.tensors[si].original_name.clone()],
-                            targets: tis
-                                .iter()
-                                .map(|&t| self.t.spec.tensors[t].original_name.clone())
-                                .collect(),
-                            axis,
-                            group_size: None,
-                        },
-                        source_tensors: vec![si],
-                        target_tensors: tis,
-                    });
-                }
-                consumed_s.insert(u);
-                consumed_t.extend(members);
-            }
-        }
-        // A target unit made of source units.
-        for &v in &tu {
-            if loose_s.contains(&self.t.units[v].loose) || consumed_t.contains(&v) {
-                continue;
-            }
-            let cands: Vec<usize> = su
-                .iter()
-                .copied()
-                .filter(|c| !consumed_s.contains(c))
-                .collect();
-            if let Some((members, axes)) = split_of(self.t, v, self.s, &cands) {
-                if members.iter().any(|&m| {
-                    self.incompat
-                        .forbidden(&self.s.units[m].label, &self.t.units[v].label)
-                }) {
-                    continue;
-                }
-                for (role, axis) in axes {
-                    let Some(&(_, ti)) = self.t.units[v].tensors.iter().find(|(r, _)| *r == role)
-                    else {
-                        continue;
+                    let names = |side: &SideModel, ix: &[usize]| -> Vec<String> {
+                        ix.iter()
+                            .map(|&i| side.spec.tensors[i].original_name.clone())
+                            .collect()
                     };
-                    let sis: Vec<usize> = members
-                        .iter()
-                        .filter_map(|&m| {
-                            self.s.units[m]
-                                .tensors
-                                .iter()
-                                .find(|(r, _)| *r == role)
-                                .map(|x| x.1)
-                        })
-                        .collect();
+                    let (n1, nm) = (names(one, &[oi]), names(many, &mis));
+                    let (kind, sources, targets, source_tensors, target_tensors) = if split {
+                        (ManyToOneKind::Split, n1, nm, vec![oi], mis)
+                    } else {
+                        (ManyToOneKind::Concat, nm, n1, mis, vec![oi])
+                    };
                     self.out.relations.push(Found {
                         relation: ManyToOne {
-                            kind: ManyToOneKind::Concat,
-                            sources: sis
-                                .iter()
-                                .map(|&s| self.s.spec.tensors[s].original_name.clone())
-                                .collect(),
-                            targets: vec![self.t.spec.tensors[ti].original_name.clone()],
+                            kind,
+                            sources,
+                            targets,
                             axis,
                             group_size: None,
                         },
-                        source_tensors: sis,
-                        target_tensors: vec![ti],
+                        source_tensors,
+                        target_tensors,
                     });
                 }
-                consumed_t.insert(v);
-                consumed_s.extend(members);
+                if split {
+                    consumed_s.insert(u);
+                    consumed_t.extend(members);
+                } else {
+                    consumed_t.insert(u);
+                    consumed_s.extend(members);
+                }
             }
         }
         if consumed_s.is_empty() && consumed_t.is_empty() {

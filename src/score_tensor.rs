@@ -710,14 +710,9 @@ pub fn exact_name_similarity(a: &str, b: &str) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::TensorKind;
 
     fn info(names: &[(&str, Vec<i64>)]) -> Vec<TensorInfo> {
-        names
-            .iter()
-            .enumerate()
-            .map(|(i, (n, s))| TensorInfo::new(n, s.clone(), "float32", TensorKind::Unknown, i))
-            .collect()
+        crate::spec::ModelSpec::from_shapes("test", crate::spec::Format::SpecJson, names).tensors
     }
 
     /// A small decoder in two namings with shared and transposed shapes and shuffled order.

@@ -256,6 +256,23 @@ impl ModelSpec {
         }
     }
 
+    /// A spec described by names and shapes alone (float32, kind unknown, in the order
+    /// given): a model written down in code, as a model spec JSON is on disk.
+    pub fn from_shapes(
+        path: impl Into<String>,
+        format: Format,
+        tensors: &[(&str, Vec<i64>)],
+    ) -> ModelSpec {
+        let tensors = tensors
+            .iter()
+            .enumerate()
+            .map(|(i, (name, shape))| {
+                TensorInfo::new(name, shape.clone(), "float32", TensorKind::Unknown, i)
+            })
+            .collect();
+        ModelSpec::new(path, format, tensors)
+    }
+
     /// Tensors grouped by module, groups in order of their first tensor.
     pub fn groups(&self) -> Vec<ModuleGroup> {
         let mut index: BTreeMap<&str, usize> = BTreeMap::new();

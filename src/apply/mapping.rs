@@ -320,18 +320,10 @@ fn parse_transform(v: &Value) -> std::result::Result<Transform, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::{Format, TensorKind};
+    use crate::spec::Format;
 
     fn spec(names: &[(&str, Vec<i64>)]) -> ModelSpec {
-        ModelSpec::new(
-            "s.pth",
-            Format::SpecJson,
-            names
-                .iter()
-                .enumerate()
-                .map(|(i, (n, s))| TensorInfo::new(n, s.clone(), "float32", TensorKind::Unknown, i))
-                .collect(),
-        )
+        ModelSpec::from_shapes("s.pth", Format::SpecJson, names)
     }
 
     #[test]

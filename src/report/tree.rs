@@ -444,15 +444,7 @@ mod tests {
     use crate::spec::Format;
 
     fn spec(path: &str, names: &[(&str, Vec<i64>)]) -> ModelSpec {
-        ModelSpec::new(
-            path,
-            Format::SpecJson,
-            names
-                .iter()
-                .enumerate()
-                .map(|(i, (n, s))| TensorInfo::new(n, s.clone(), "float32", TensorKind::Unknown, i))
-                .collect(),
-        )
+        ModelSpec::from_shapes(path, Format::SpecJson, names)
     }
 
     #[test]

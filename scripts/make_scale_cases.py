@@ -11,6 +11,8 @@ a few seconds for all cases. Each case is a folder:
   target.json                   the same network under another naming, as a model spec JSON
                                 (registration order, parameters and a non-persistent buffer)
   target.safetensors            the target's tensors as header-only safetensors (no order signal)
+  target.order.json             the target's execution order, as `weightmap trace -o` writes it
+                                (a trace of the real target; norms run before their modules)
   case.json                     ground truth by construction, in the corpus's case.json layout
                                 (ground_truth, target_only_keys, unmapped_source_keys, transforms)
 
@@ -61,20 +63,23 @@ HEADER_ALIGN = 8
 
 
 class Net:
-    """A network as a list of (source name, target name, shape, dtype, target order key)."""
+    """A network as a list of (source name, target name, shape, dtype, target registration
+    order key, target execution order key)."""
 
     def __init__(self):
         self.rows = []
 
-    def add(self, src, tgt, shape, dtype, order):
-        self.rows.append((src, tgt, [int(d) for d in shape], dtype, order))
+    def add(self, src, tgt, shape, dtype, order, exec_key=None):
+        """exec_key: where forward first uses the tensor, when not where it is registered."""
+        self.rows.append((src, tgt, [int(d) for d in shape], dtype, order, order if exec_key is None else exec_key))
 
 
-def fp8_linear(net, src, tgt, out_f, in_f, order, scale_leaf):
+def fp8_linear(net, src, tgt, out_f, in_f, order, scale_leaf, exec_key=None):
     """An FP8 linear layer: the weight and its block scale (float32, one per 128x128 block)."""
-    net.add(src + ".weight", tgt + ".weight", [out_f, in_f], "F8_E4M3", order + (0,))
+    e = order if exec_key is None else exec_key
+    net.add(src + ".weight", tgt + ".weight", [out_f, in_f], "F8_E4M3", order + (0,), e + (0,))
     scale = [math.ceil(out_f / FP8_BLOCK), math.ceil(in_f / FP8_BLOCK)]
-    net.add(src + ".weight_scale_inv", tgt + "." + scale_leaf, scale, "F32", order + (1,))
+    net.add(src + ".weight_scale_inv", tgt + "." + scale_leaf, scale, "F32", order + (1,), e + (1,))
 
 
 def deepseek_v3(layers=61, dense=3, experts=256, div=1, scale_leaf="scale", mtp=True):
@@ -100,23 +105,24 @@ def deepseek_v3(layers=61, dense=3, experts=256, div=1, scale_leaf="scale", mtp=
         fp8_linear(net, f"{hf}.self_attn.o_proj", f"{tg}.attn.wo", h, heads * v_dim, a + (6,), scale_leaf)
         if not moe:
             fp8_linear(net, f"{hf}.mlp.gate_proj", f"{tg}.ffn.w1", inter, h, f + (0,), scale_leaf)
-            fp8_linear(net, f"{hf}.mlp.down_proj", f"{tg}.ffn.w2", h, inter, f + (1,), scale_leaf)
+            fp8_linear(net, f"{hf}.mlp.down_proj", f"{tg}.ffn.w2", h, inter, f + (1,), scale_leaf, f + (3,))
             fp8_linear(net, f"{hf}.mlp.up_proj", f"{tg}.ffn.w3", inter, h, f + (2,), scale_leaf)
         else:
             for e in range(experts):
                 ex = f + (0, e)
                 fp8_linear(net, f"{hf}.mlp.experts.{e}.gate_proj", f"{tg}.ffn.experts.{e}.w1", moe_inter, h, ex + (0,), scale_leaf)
-                fp8_linear(net, f"{hf}.mlp.experts.{e}.down_proj", f"{tg}.ffn.experts.{e}.w2", h, moe_inter, ex + (1,), scale_leaf)
+                fp8_linear(net, f"{hf}.mlp.experts.{e}.down_proj", f"{tg}.ffn.experts.{e}.w2", h, moe_inter, ex + (1,), scale_leaf, ex + (3,))
                 fp8_linear(net, f"{hf}.mlp.experts.{e}.up_proj", f"{tg}.ffn.experts.{e}.w3", moe_inter, h, ex + (2,), scale_leaf)
             sh = f + (1,)
             fp8_linear(net, f"{hf}.mlp.shared_experts.gate_proj", f"{tg}.ffn.shared_experts.w1", moe_inter, h, sh + (0,), scale_leaf)
-            fp8_linear(net, f"{hf}.mlp.shared_experts.down_proj", f"{tg}.ffn.shared_experts.w2", h, moe_inter, sh + (1,), scale_leaf)
+            fp8_linear(net, f"{hf}.mlp.shared_experts.down_proj", f"{tg}.ffn.shared_experts.w2", h, moe_inter, sh + (1,), scale_leaf, sh + (3,))
             fp8_linear(net, f"{hf}.mlp.shared_experts.up_proj", f"{tg}.ffn.shared_experts.w3", moe_inter, h, sh + (2,), scale_leaf)
-            # The router is registered after the experts in the target.
-            net.add(f"{hf}.mlp.gate.weight", f"{tg}.ffn.gate.weight", [experts, h], "BF16", f + (2, 0))
-            net.add(f"{hf}.mlp.gate.e_score_correction_bias", f"{tg}.ffn.gate.bias", [experts], "F32", f + (2, 1))
-        net.add(f"{hf}.input_layernorm.weight", f"{tg}.attn_norm.weight", [h], "BF16", base + (3,))
-        net.add(f"{hf}.post_attention_layernorm.weight", f"{tg}.ffn_norm.weight", [h], "BF16", base + (4,))
+            # The router is registered after the experts in the target, and runs before them.
+            net.add(f"{hf}.mlp.gate.weight", f"{tg}.ffn.gate.weight", [experts, h], "BF16", f + (2, 0), f + (-1, 0))
+            net.add(f"{hf}.mlp.gate.e_score_correction_bias", f"{tg}.ffn.gate.bias", [experts], "F32", f + (2, 1), f + (-1, 1))
+        # Pre-norm: each norm runs just before its module.
+        net.add(f"{hf}.input_layernorm.weight", f"{tg}.attn_norm.weight", [h], "BF16", base + (3,), base + (0.5,))
+        net.add(f"{hf}.post_attention_layernorm.weight", f"{tg}.ffn_norm.weight", [h], "BF16", base + (4,), base + (1.5,))
 
     for i in range(layers):
         block(i, f"model.layers.{i}", f"layers.{i}", i >= dense, (1, i))
@@ -156,11 +162,11 @@ def qwen3_moe(layers=94, experts=128, div=1):
         for e in range(experts):
             ex = f + (0, e)
             net.add(f"{hf}.mlp.experts.{e}.gate_proj.weight", f"{tg}.feed_forward.experts.{e}.w1.weight", [moe_inter, h], "BF16", ex + (0,))
-            net.add(f"{hf}.mlp.experts.{e}.down_proj.weight", f"{tg}.feed_forward.experts.{e}.w2.weight", [h, moe_inter], "BF16", ex + (1,))
+            net.add(f"{hf}.mlp.experts.{e}.down_proj.weight", f"{tg}.feed_forward.experts.{e}.w2.weight", [h, moe_inter], "BF16", ex + (1,), ex + (3,))
             net.add(f"{hf}.mlp.experts.{e}.up_proj.weight", f"{tg}.feed_forward.experts.{e}.w3.weight", [moe_inter, h], "BF16", ex + (2,))
-        net.add(f"{hf}.mlp.gate.weight", f"{tg}.feed_forward.gate.weight", [experts, h], "BF16", f + (1,))
-        net.add(f"{hf}.input_layernorm.weight", f"{tg}.attention_norm.weight", [h], "BF16", (1, i, 2))
-        net.add(f"{hf}.post_attention_layernorm.weight", f"{tg}.ffn_norm.weight", [h], "BF16", (1, i, 3))
+        net.add(f"{hf}.mlp.gate.weight", f"{tg}.feed_forward.gate.weight", [experts, h], "BF16", f + (1,), f + (-0.5,))
+        net.add(f"{hf}.input_layernorm.weight", f"{tg}.attention_norm.weight", [h], "BF16", (1, i, 2), a + (-1,))
+        net.add(f"{hf}.post_attention_layernorm.weight", f"{tg}.ffn_norm.weight", [h], "BF16", (1, i, 3), f + (-1,))
     net.add("model.norm.weight", "norm.weight", [h], "BF16", (2,))
     net.add("lm_head.weight", "output.weight", [vocab, h], "BF16", (3,))
     extra = [("freqs_cis", [40960 * 2, head_dim // 2], "C64", (0, 1))]
@@ -196,6 +202,15 @@ def write_safetensors(path, entries):
         f.truncate(8 + len(text) + offset)
     os.replace(tmp, path)
     return offset
+
+
+def op_of(name, shape):
+    """The op a trace would record as first taking the tensor."""
+    if "embed" in name:
+        return "aten::embedding"
+    if len(shape) == 1:
+        return "aten::mul"
+    return "aten::linear"
 
 
 def write_json(path, value):
@@ -253,6 +268,17 @@ def make_case(out, name, div, scale_leaf):
         {"name": n, "shape": s, "dtype": TORCH_DTYPE[dt], "kind": k, **({} if p else {"persistent": False})}
         for _, n, s, dt, k, p in tgt]}
     write_json(os.path.join(d, "target.json"), spec)
+    # The target's execution order as `weightmap trace TARGET -o FILE` writes it: what a
+    # trace of the real target model records (norms before their modules, the router
+    # before its experts; the rotary buffer right after the embedding).
+    executed = sorted([(r[5], r[1], r[2]) for r in rows] + [(o, n, s) for n, s, _, o in extra])
+    write_json(os.path.join(d, "target.order.json"), {
+        "mode": "dynamic",
+        "device": "cpu",
+        "order": [{"index": i, "name": n, "op": op_of(n, s), "shape": s} for i, (_, n, s) in enumerate(executed)],
+        "untouched": [],
+        "also_used": [],
+    })
     persistent = sorted((t for t in tgt if t[5]), key=lambda t: t[1])
     write_safetensors(os.path.join(d, "target.safetensors"), [(t[1], t[3], t[2]) for t in persistent])
 

@@ -2,6 +2,9 @@
 //! are read without touching data, the module tree is linear in wide models, and the
 //! batched candidate scoring finds every ground-truth counterpart.
 
+#[path = "support/cli.rs"]
+mod cli;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -214,4 +217,125 @@ fn deepseek_case_maps_renamed_leaves_and_split_biases() {
         let missing: Vec<&&String> = expected.iter().filter(|s| !got.contains_key(**s)).collect();
         assert!(missing.is_empty(), "{leaf} left unmapped: {missing:?}");
     }
+}
+
+/// Right, wrong and unmapped counts of a mapping file against the case's ground truth,
+/// and the unmapped source names.
+fn score_mapping(case: &Path, mapping: &Path) -> (usize, usize, Vec<String>) {
+    let truth = truth(case);
+    let got: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(mapping).expect("mapping written")).unwrap();
+    let got = got.as_object().unwrap();
+    let target_of = |s: &str| {
+        got.get(s).map(|v| {
+            v.as_str()
+                .or_else(|| v["target"].as_str())
+                .unwrap()
+                .to_string()
+        })
+    };
+    let (mut right, mut wrong, mut unmapped) = (0, 0, vec![]);
+    for (s, t) in &truth {
+        match target_of(s) {
+            Some(x) if &x == t => right += 1,
+            Some(_) => wrong += 1,
+            None => unmapped.push(s.clone()),
+        }
+    }
+    (right, wrong, unmapped)
+}
+
+#[test]
+fn target_execution_order_from_a_file_maps_every_tensor() {
+    // Both norms of a decoder layer have the hidden size; the source (sorted safetensors)
+    // has no order, and the names mislead (`post_attention_layernorm` shares more with
+    // `attn_norm` than with `ffn_norm`). The target's traced order, given as a file,
+    // places each norm before its module: with it every tensor maps right; without it the
+    // norms stay unmatched, and nothing maps wrong either way.
+    let Some(dir) = make_cases("qwen3_moe_1k,deepseek_v3_1k") else {
+        return;
+    };
+    for case in ["qwen3_moe_1k", "deepseek_v3_1k"] {
+        let d = dir.path().join(case);
+        let n = truth(&d).len();
+        let src = d.join("source_sharded/model.safetensors.index.json");
+        let (tgt, order) = (d.join("target.json"), d.join("target.order.json"));
+        let out = d.join("with_order.json");
+        let run = cli::weightmap(&[
+            "map",
+            cli::s(&src),
+            cli::s(&tgt),
+            "--target-order",
+            cli::s(&order),
+            "-o",
+            cli::s(&out),
+            "--quiet",
+        ]);
+        assert!(run.status.success(), "{case}: {run:?}");
+        let (right, wrong, unmapped) = score_mapping(&d, &out);
+        assert_eq!((right, wrong), (n, 0), "{case}: unmapped {unmapped:?}");
+
+        let out = d.join("without_order.json");
+        let run = cli::weightmap(&[
+            "map",
+            cli::s(&src),
+            cli::s(&tgt),
+            "-o",
+            cli::s(&out),
+            "--quiet",
+        ]);
+        assert!(run.status.success(), "{case}: {run:?}");
+        let (right, wrong, unmapped) = score_mapping(&d, &out);
+        assert_eq!(wrong, 0, "{case}");
+        assert_eq!(right + unmapped.len(), n);
+        assert!(!unmapped.is_empty(), "{case}: the norms need order");
+        assert!(
+            unmapped.iter().all(|s| s.ends_with("layernorm.weight")),
+            "{case}: only the layer norms wait for order: {unmapped:?}"
+        );
+    }
+}
+
+#[test]
+fn an_order_file_of_another_model_is_refused() {
+    let Some(dir) = make_cases("qwen3_moe_1k,deepseek_v3_1k") else {
+        return;
+    };
+    let (q, d) = (
+        dir.path().join("qwen3_moe_1k"),
+        dir.path().join("deepseek_v3_1k"),
+    );
+    let out = q.join("refused.json");
+    let foreign = d.join("target.order.json");
+    let run = cli::weightmap(&[
+        "map",
+        cli::s(&q.join("source.safetensors")),
+        cli::s(&q.join("target.json")),
+        "--target-order",
+        cli::s(&foreign),
+        "-o",
+        cli::s(&out),
+    ]);
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(cli::s(&foreign)) && err.contains("another model"),
+        "{err}"
+    );
+    assert!(!out.exists(), "no output on error");
+    // Not an order at all: the file is named, with what to do.
+    let bogus = q.join("case.json");
+    let run = cli::weightmap(&[
+        "map",
+        cli::s(&q.join("source.safetensors")),
+        cli::s(&q.join("target.json")),
+        "--target-order",
+        cli::s(&bogus),
+    ]);
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert_ne!(run.status.code(), Some(0));
+    assert!(
+        err.contains(cli::s(&bogus)) && err.contains("weightmap trace"),
+        "{err}"
+    );
 }

@@ -6,7 +6,8 @@
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use weightmap::mapper::{
-    model_order, parse_incompatible, Mapper, MapperOptions, OrderKind, SuggestOptions, TensorOrder,
+    model_order, order_from_file, parse_incompatible, Mapper, MapperOptions, OrderKind,
+    SuggestOptions, TensorOrder,
 };
 use weightmap::report::html;
 use weightmap::score::ScoreWeights;
@@ -72,6 +73,14 @@ pub struct MappingFlags {
     /// registration, or none (names and shapes only: measures what order adds).
     #[arg(long, value_enum, default_value_t = OrderChoice::Auto, value_name = "ORDER")]
     pub order: OrderChoice,
+    /// The target's execution order saved by `weightmap trace TARGET -o FILE`, used instead
+    /// of tracing: any target format (a model spec JSON, a checkpoint) then has one.
+    #[arg(long, value_name = "ORDER_JSON", conflicts_with = "inputs")]
+    pub target_order: Option<PathBuf>,
+    /// The source's execution order saved by `weightmap trace SOURCE -o FILE` (e.g. of a
+    /// TorchScript export of the model that wrote the checkpoint).
+    #[arg(long, value_name = "ORDER_JSON")]
+    pub source_order: Option<PathBuf>,
 }
 
 fn parse_input(text: &str) -> Result<InputSpec, String> {
@@ -98,6 +107,14 @@ impl MappingFlags {
                 "needs the target's dummy input: give --input SHAPE[:DTYPE[:LO-HI]], e.g. 1x3x224x224"
             ));
         }
+        if self.order == OrderChoice::None
+            && (self.target_order.is_some() || self.source_order.is_some())
+        {
+            anyhow::bail!(weightmap::Error::invalid(
+                "--order none",
+                "means no order on either side: drop --target-order / --source-order, or --order none"
+            ));
+        }
         if !self.inputs.is_empty()
             && !matches!(self.order, OrderChoice::Auto | OrderChoice::Dynamic)
         {
@@ -122,8 +139,14 @@ impl MappingFlags {
         let options = MapperOptions {
             shape_tolerance: self.shape_tolerance,
             incompatible,
-            target_order: self.order_of(target_path, &self.inputs, device)?,
-            source_order: self.order_of(source_path, &[], device)?,
+            target_order: match &self.target_order {
+                Some(file) => Some(order_from_file(file, &target)?),
+                None => self.order_of(target_path, &self.inputs, device)?,
+            },
+            source_order: match &self.source_order {
+                Some(file) => Some(order_from_file(file, &source)?),
+                None => self.order_of(source_path, &[], device)?,
+            },
         };
         Ok(Mapper::new(source, target, options)?)
     }

@@ -744,6 +744,42 @@ pub fn model_order(
     Ok(Some(TensorOrder::from(&order)))
 }
 
+/// The order saved at `path` by `weightmap trace -o` (see
+/// [`crate::trace::ExecutionOrder::read_json`]), for `spec`: an order traced once stands
+/// in for tracing again, and gives execution order to models that cannot be traced here
+/// (a model spec JSON, a checkpoint of a model traced elsewhere).
+///
+/// Errors: the file is not an order, or most of its names are not the model's tensors
+/// (it was traced from another model).
+pub fn order_from_file(path: &Path, spec: &ModelSpec) -> Result<TensorOrder> {
+    let order = TensorOrder::from(&crate::trace::ExecutionOrder::read_json(path)?);
+    let names: std::collections::HashSet<&str> = spec
+        .tensors
+        .iter()
+        .flat_map(|t| [t.name.as_str(), t.original_name.as_str()])
+        .collect();
+    // A trace of the same model names its own tensors (a few non-persistent buffers may be
+    // missing from a checkpoint); mostly foreign names mean another model, whose order
+    // would decide look-alikes wrongly.
+    let known = order
+        .names
+        .iter()
+        .filter(|n| names.contains(n.as_str()))
+        .count();
+    if order.names.is_empty() || known * 2 < order.names.len() {
+        return Err(Error::invalid(
+            "order file",
+            format!(
+                "{}: only {known} of its {} names are tensors of {}; it was traced from another model: trace this one with `weightmap trace MODEL -o FILE`",
+                path.display(),
+                order.names.len(),
+                spec.path
+            ),
+        ));
+    }
+    Ok(order)
+}
+
 /// Parses `--incompatible 'backbone,encoder:head,classifier'` (pairs separated by `;`).
 pub fn parse_incompatible(s: &str) -> Result<Vec<(Vec<String>, Vec<String>)>> {
     let mut out = vec![];

@@ -113,6 +113,22 @@ impl ExecutionOrder {
         self.order.iter().position(|e| e.name == name)
     }
 
+    /// Reads an order saved by [`ExecutionOrder::write_json`] (`weightmap trace -o FILE`):
+    /// an order traced once (on a GPU machine, say) serves every later mapping run.
+    ///
+    /// Errors: the file cannot be read, is not JSON, or is not an order (the message names
+    /// the field that is wrong).
+    pub fn read_json(path: &Path) -> Result<ExecutionOrder> {
+        let value = crate::read::read_json(path)?;
+        serde_json::from_value(value).map_err(|e| {
+            Error::corrupt(
+                path,
+                "execution order JSON",
+                format!("{e}; write one with `weightmap trace MODEL -o FILE`"),
+            )
+        })
+    }
+
     /// Writes the order as one JSON object to `path`, through a temporary file in the same
     /// folder renamed into place (no partial file on failure).
     pub fn write_json(&self, path: &Path) -> Result<()> {

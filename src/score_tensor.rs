@@ -9,7 +9,10 @@
 //! - the leaf name (`weight`, `bias`, ...), the exact shape, and the shape up to a
 //!   permutation (transpose candidates) as integer ids compared by broadcasting;
 //! - the numeric components of the name (layer, block and expert indices) compared slot by
-//!   slot as integers, depth and relative position as vectors compared by broadcasting.
+//!   slot as integers, depth and relative position as vectors compared by broadcasting;
+//! - optionally the structure already matched ([`Context`]): for each source tensor the
+//!   target-tree intervals of its matched ancestors' counterparts, for each target tensor
+//!   its place in the target tree, compared by broadcasting (is the target inside?).
 //!
 //! Tensors only meet tensors of the same shape class (the sorted dimensions, so a
 //! transpose stays a candidate); each class is a tile, split into row and column chunks of
@@ -19,9 +22,11 @@
 //! candidates, in parallel ([`rerank`]).
 //!
 //! The approximate score of a pair is
-//! `w.shape * shape + w.name * (jaccard + dice + leaf) / 3 + w.hierarchy * (indices + depth + position) / 3`,
-//! with each sub-score in [0, 1]; [`approx_score`] computes it pair by pair (the reference
-//! the tensor path is tested against). All arithmetic is exact small-integer counting or
+//! `w.shape * shape + w.name * (jaccard + dice + leaf) / 3 + w.hierarchy * hierarchy`, with
+//! `hierarchy = (indices + depth + position) / 3`, or with a context
+//! `(indices + depth + position + CONTEXT_WEIGHT * context) / (3 + CONTEXT_WEIGHT)`, each
+//! sub-score in [0, 1]; [`approx_score`] computes it pair by pair (the reference the tensor
+//! path is tested against). All arithmetic is exact small-integer counting or
 //! single IEEE operations in a fixed order, so the CPU and CUDA paths give the same values.
 
 use crate::error::{Error, Result};
@@ -59,6 +64,30 @@ pub const RESHAPE_SHAPE_SCORE: f32 = 0.5;
 
 /// Extra candidates fetched beyond `k` so that ties at the k-th place are kept whole.
 pub const TIE_SLACK: usize = 8;
+
+/// Most matched ancestors compared per source tensor (the nearest ones).
+pub const MAX_CONTEXT: usize = 8;
+
+/// Weight of the context sub-score in the hierarchy part, against 1 for each of indices,
+/// depth and position: half of it, as in the exact score ([`crate::score::HIER_W_CONTEXT`]).
+pub const CONTEXT_WEIGHT: f32 = 3.0;
+
+/// Context sub-score of a source tensor without matched ancestors (as the exact score's
+/// [`crate::score::CONTEXT_UNKNOWN`]).
+pub const CONTEXT_UNKNOWN: f32 = 0.5;
+
+/// Where tensors sit in the structure matched so far, so that the approximate score ranks
+/// targets inside the counterpart of a source's module first, as the exact score does.
+/// The target tree is numbered in pre-order: a module covers the interval `[start, end)`
+/// of the numbers of its subtree.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Context {
+    /// Per source tensor: the target-tree intervals of the counterparts of its matched
+    /// ancestors, nearest first (at most [`MAX_CONTEXT`] are used).
+    pub source: Vec<Vec<(i64, i64)>>,
+    /// Per target tensor: the pre-order number of its module (-1: outside every interval).
+    pub target: Vec<i64>,
+}
 
 /// Placeholder for an absent index slot: sources and targets use different values so
 /// that two absent slots never count as agreeing.
@@ -115,26 +144,13 @@ impl Default for CandidateOptions {
     }
 }
 
-/// Parses a `--device` value: `cpu`, `cuda` or `cuda:N`. CUDA must be present.
+/// Parses a `--device` value (`cpu`, `cuda` or `cuda:N`, see [`crate::trace::parse_device`])
+/// and checks that the device exists: CUDA asked for where there is none is an error, not
+/// a quiet CPU run.
 pub fn parse_device(name: &str) -> Result<Device> {
-    let name = name.trim().to_ascii_lowercase();
-    if name == "cpu" {
-        return Ok(Device::Cpu);
-    }
-    let index = match name.as_str() {
-        "cuda" => 0,
-        _ => match name
-            .strip_prefix("cuda:")
-            .and_then(|n| n.parse::<usize>().ok())
-        {
-            Some(i) => i,
-            None => {
-                return Err(Error::invalid(
-                    "--device",
-                    format!("'{name}': use cpu, cuda or cuda:N"),
-                ))
-            }
-        },
+    let device = crate::trace::parse_device(name)?;
+    let Device::Cuda(index) = device else {
+        return Ok(device);
     };
     // The CUDA backend is loaded on demand (see trace::ffi::load_cuda_backend).
     let count = if crate::trace::ffi::cuda_is_available() {
@@ -145,16 +161,19 @@ pub fn parse_device(name: &str) -> Result<Device> {
     if count <= 0 {
         return Err(Error::invalid(
             "--device",
-            format!("'{name}' was requested but libtorch finds no CUDA device on this machine; use --device cpu"),
+            format!("'{}' was requested but libtorch finds no CUDA device on this machine; use --device cpu", name.trim()),
         ));
     }
     if index as i64 >= count {
         return Err(Error::invalid(
             "--device",
-            format!("'{name}': this machine has {count} CUDA device(s), numbered from 0"),
+            format!(
+                "'{}': this machine has {count} CUDA device(s), numbered from 0",
+                name.trim()
+            ),
         ));
     }
-    Ok(Device::Cuda(index))
+    Ok(device)
 }
 
 /// A set of source tensors that may only pair with a set of target tensors (a structural
@@ -369,6 +388,7 @@ pub fn approx_score(
     t: &Features,
     j: usize,
     w: &ApproxWeights,
+    context: Option<&Context>,
 ) -> Option<f32> {
     if s.class[i] != t.class[j] {
         return None;
@@ -406,7 +426,23 @@ pub fn approx_score(
     let indices = if denom > 0.0 { agree / denom } else { 1.0 };
     let depth = 1.0 - (s.depth[i] - t.depth[j]).abs().min(DEPTH_SPAN) / DEPTH_SPAN;
     let position = 1.0 - (s.position[i] - t.position[j]).abs();
-    let hier = (indices + depth + position) / 3.0;
+    let hier = match context {
+        None => (indices + depth + position) / 3.0,
+        Some(c) => {
+            let spans = &c.source[i][..c.source[i].len().min(MAX_CONTEXT)];
+            let key = c.target[j];
+            let inside = spans
+                .iter()
+                .filter(|(lo, hi)| *lo <= key && key < *hi)
+                .count() as f32;
+            let ctx = if spans.is_empty() {
+                CONTEXT_UNKNOWN
+            } else {
+                inside / spans.len() as f32
+            };
+            (indices + depth + position + CONTEXT_WEIGHT * ctx) / (3.0 + CONTEXT_WEIGHT)
+        }
+    };
     Some(w.shape * shape + w.name * name + w.hierarchy * hier)
 }
 
@@ -429,16 +465,33 @@ pub fn top_candidates(
     options: &CandidateOptions,
 ) -> Result<Vec<Vec<Candidate>>> {
     let (s, t) = features(source, target, options.reshape);
-    top_candidates_from(&s, &t, blocks, options)
+    top_candidates_from(&s, &t, blocks, options, None)
 }
 
-/// As [`top_candidates`], from features computed once with [`features`].
+/// As [`top_candidates`], from features computed once with [`features`], and with the
+/// structure matched so far when `context` is given (its lists must cover every source
+/// and target tensor).
 pub fn top_candidates_from(
     s: &Features,
     t: &Features,
     blocks: &[Block],
     options: &CandidateOptions,
+    context: Option<&Context>,
 ) -> Result<Vec<Vec<Candidate>>> {
+    if let Some(c) = context {
+        if c.source.len() != s.leaf.len() || c.target.len() != t.leaf.len() {
+            return Err(Error::invalid(
+                "context",
+                format!(
+                    "covers {} source and {} target tensors, the features {} and {}",
+                    c.source.len(),
+                    c.target.len(),
+                    s.leaf.len(),
+                    t.leaf.len()
+                ),
+            ));
+        }
+    }
     let mut out: Vec<Vec<Candidate>> = vec![Vec::new(); s.leaf.len()];
     if options.k == 0 {
         return Ok(out);
@@ -465,7 +518,7 @@ pub fn top_candidates_from(
     let progress = Progress::new(tiles.iter().map(|(r, _)| r.len() as u64).sum(), "scoring");
     let _guard = tch::no_grad_guard();
     for (rows, cols) in &tiles {
-        score_tile(s, t, rows, cols, options, &mut out, &progress).map_err(torch_err)?;
+        score_tile(s, t, rows, cols, options, context, &mut out, &progress).map_err(torch_err)?;
     }
     progress.finish();
     let keep = options.k;
@@ -577,12 +630,14 @@ where
     op(&a.f_unsqueeze(1)?, &b.f_unsqueeze(0)?)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn score_tile(
     s: &Features,
     t: &Features,
     rows: &[usize],
     cols: &[usize],
     options: &CandidateOptions,
+    context: Option<&Context>,
     out: &mut [Vec<Candidate>],
     progress: &Progress,
 ) -> std::result::Result<(), TchError> {
@@ -612,6 +667,14 @@ fn score_tile(
             }
         }
         let c = chunk_side(t, cols, &tok_local, &ng_local, dev)?;
+        let c_key = match context {
+            Some(ctx) => Some(tensor_i64(
+                &cols.iter().map(|&j| ctx.target[j]).collect::<Vec<_>>(),
+                &[cols.len() as i64],
+                dev,
+            )?),
+            None => None,
+        };
         let c_tokens_t = c.tokens.f_tr()?;
         let c_ngrams_t = c.ngrams.f_tr()?;
         for rows in rows.chunks(row_chunk) {
@@ -655,7 +718,15 @@ fn score_tile(
                 .f_abs()?
                 .f_neg()?
                 .f_add_scalar(1.0)?;
-            let hier = indices.f_add(&depth)?.f_add(&position)?.f_div_scalar(3.0)?;
+            let base = indices.f_add(&depth)?.f_add(&position)?;
+            let hier = match (context, &c_key) {
+                (Some(ctx), Some(key)) => {
+                    let inside = context_inside(ctx, rows, key, dev)?;
+                    base.f_add(&inside.f_mul_scalar(CONTEXT_WEIGHT as f64)?)?
+                        .f_div_scalar(3.0 + CONTEXT_WEIGHT as f64)?
+                }
+                _ => base.f_div_scalar(3.0)?,
+            };
             let score = shape
                 .f_mul_scalar(w.shape as f64)?
                 .f_add(&name.f_mul_scalar(w.name as f64)?)?
@@ -679,6 +750,42 @@ fn score_tile(
         }
     }
     Ok(())
+}
+
+/// The context sub-score of `rows` (source tensors) against the target keys of a column
+/// chunk: the share of each source's matched-ancestor intervals that contain the target
+/// ([`CONTEXT_UNKNOWN`] without any), as a rows × columns matrix.
+fn context_inside(
+    ctx: &Context,
+    rows: &[usize],
+    key: &Tensor,
+    dev: Device,
+) -> std::result::Result<Tensor, TchError> {
+    let n = rows.len() as i64;
+    let slots = MAX_CONTEXT as i64;
+    // Absent slots are the empty interval [0, 0), which contains nothing.
+    let mut lo = vec![0i64; rows.len() * MAX_CONTEXT];
+    let mut hi = vec![0i64; rows.len() * MAX_CONTEXT];
+    let mut count = vec![0f32; rows.len()];
+    for (r, &i) in rows.iter().enumerate() {
+        for (d, &(a, b)) in ctx.source[i].iter().take(MAX_CONTEXT).enumerate() {
+            lo[r * MAX_CONTEXT + d] = a;
+            hi[r * MAX_CONTEXT + d] = b;
+        }
+        count[r] = ctx.source[i].len().min(MAX_CONTEXT) as f32;
+    }
+    let lo = tensor_i64(&lo, &[n, slots, 1], dev)?;
+    let hi = tensor_i64(&hi, &[n, slots, 1], dev)?;
+    let k = key.f_reshape([1, 1, -1])?;
+    let inside = k
+        .f_ge_tensor(&lo)?
+        .f_logical_and(&k.f_lt_tensor(&hi)?)?
+        .f_to_kind(Kind::Float)?
+        .f_sum_dim_intlist([1i64].as_slice(), false, Kind::Float)?;
+    let count = tensor_f32(&count, &[n, 1], dev)?;
+    let share = inside.f_div(&count.f_clamp_min(1.0)?)?;
+    let unknown = Tensor::f_full_like(&share, CONTEXT_UNKNOWN as f64)?;
+    share.f_where_self(&count.f_gt(0.0)?, &unknown)
 }
 
 /// Computes `exact(source, target)` for every candidate, in parallel over source tensors,
@@ -782,19 +889,43 @@ mod tests {
         );
     }
 
+    /// A context where each layer is a module numbered by its index: a source tensor of
+    /// layer L sits in the counterpart of layer L and in an outer module covering
+    /// everything; tensors outside layers have no matched ancestor.
+    fn layer_context(src: &[TensorInfo], tgt: &[TensorInfo]) -> Context {
+        let layer = |name: &str| name_indices(name).first().copied();
+        Context {
+            source: src
+                .iter()
+                .map(|t| match layer(&t.name) {
+                    Some(l) => vec![(l, l + 1), (0, 1000)],
+                    None => vec![],
+                })
+                .collect(),
+            target: tgt.iter().map(|t| layer(&t.name).unwrap_or(-1)).collect(),
+        }
+    }
+
     #[test]
     fn tensor_path_equals_pairwise_reference() {
         let (src, tgt) = pair_of_models(3, 4);
+        let context = layer_context(&src, &tgt);
+        for ctx in [None, Some(&context)] {
+            check_against_reference(&src, &tgt, ctx);
+        }
+    }
+
+    fn check_against_reference(src: &[TensorInfo], tgt: &[TensorInfo], ctx: Option<&Context>) {
         let opts = CandidateOptions {
             k: 3,
             ..Default::default()
         };
-        let (fs, ft) = features(&src, &tgt, false);
+        let (fs, ft) = features(src, tgt, false);
         let got =
-            top_candidates_from(&fs, &ft, &[Block::all(src.len(), tgt.len())], &opts).unwrap();
+            top_candidates_from(&fs, &ft, &[Block::all(src.len(), tgt.len())], &opts, ctx).unwrap();
         for (i, list) in got.iter().enumerate() {
             let mut reference: Vec<(f32, usize)> = (0..tgt.len())
-                .filter_map(|j| approx_score(&fs, i, &ft, j, &opts.weights).map(|v| (v, j)))
+                .filter_map(|j| approx_score(&fs, i, &ft, j, &opts.weights, ctx).map(|v| (v, j)))
                 .collect();
             reference.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
             assert!(
@@ -804,7 +935,7 @@ mod tests {
             );
             // Every returned score equals the pairwise computation.
             for c in list {
-                let r = approx_score(&fs, i, &ft, c.target, &opts.weights).unwrap();
+                let r = approx_score(&fs, i, &ft, c.target, &opts.weights, ctx).unwrap();
                 assert!(
                     (r - c.approx).abs() < 1e-5,
                     "{} -> {}: tensor {} vs reference {}",
@@ -868,6 +999,50 @@ mod tests {
         for list in &got {
             assert!(list.windows(2).all(|w| w[0].exact >= w[1].exact));
         }
+    }
+
+    #[test]
+    fn context_ranks_targets_in_the_matched_module_first() {
+        // Without indices in the names, layers look alike; the matched structure says
+        // which layer's counterpart a tensor sits in.
+        let strip = |v: Vec<TensorInfo>| -> Vec<TensorInfo> {
+            v.into_iter()
+                .map(|mut t| {
+                    t.name = t.name.replace("layers.", "layers_");
+                    t
+                })
+                .collect()
+        };
+        let (src, tgt) = pair_of_models(4, 2);
+        let mut context = layer_context(&src, &tgt);
+        let (src, tgt) = (strip(src), strip(tgt));
+        assert!(src.iter().all(|t| name_indices(&t.name).len() <= 1));
+        let all = [Block::all(src.len(), tgt.len())];
+        let opts = CandidateOptions {
+            k: 1,
+            ..Default::default()
+        };
+        let (fs, ft) = features(&src, &tgt, false);
+        let got = top_candidates_from(&fs, &ft, &all, &opts, Some(&context)).unwrap();
+        let layer = |name: &str| {
+            name.split('.')
+                .find(|p| p.starts_with("layers_"))
+                .map(str::to_string)
+        };
+        for (i, list) in got.iter().enumerate() {
+            if let Some(l) = layer(&src[i].name) {
+                assert!(
+                    list.iter()
+                        .all(|c| layer(&tgt[c.target].name) == Some(l.clone())),
+                    "{}: {:?}",
+                    src[i].name,
+                    list.iter().map(|c| &tgt[c.target].name).collect::<Vec<_>>()
+                );
+            }
+        }
+        // A context of the wrong size is refused, not read out of bounds.
+        context.target.pop();
+        assert!(top_candidates_from(&fs, &ft, &all, &opts, Some(&context)).is_err());
     }
 
     #[test]

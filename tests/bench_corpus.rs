@@ -7,7 +7,9 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use weightmap::mapper::{model_order, Mapper, MapperOptions, SuggestOptions, UnmatchedReason};
+use weightmap::mapper::{
+    model_order, CandidateSearch, Mapper, MapperOptions, SuggestOptions, UnmatchedReason,
+};
 
 /// Least share of the one-to-one ground truth that must be mapped.
 const MIN_RECALL: f64 = 0.95;
@@ -128,4 +130,120 @@ fn corpus_cases_score_perfect_precision() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn batched_candidates_give_the_exact_mapping() {
+    // The batched search keeps only the top-k targets per source tensor by a tensor-path
+    // approximate score; on every corpus case, from both sources, with execution order,
+    // without any order and on shapes alone (which leave far more to the scored stage),
+    // the mapping must be the one the exact search gives.
+    let bench = bench_dir();
+    if !bench.join("score.py").exists() {
+        eprintln!("skipping: no corpus at {}", bench.display());
+        return;
+    }
+    let mut cases: Vec<PathBuf> = std::fs::read_dir(bench.join("corpus"))
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("case.json").exists())
+        .collect();
+    cases.sort();
+    let none = weightmap::mapper::TensorOrder {
+        kind: weightmap::mapper::OrderKind::None,
+        names: vec![],
+    };
+    let (mut runs, mut leftover_units, mut batched_pairs, mut exact_pairs) = (0, 0, 0, 0);
+    let mut failures = vec![];
+    for case in &cases {
+        let name = case.file_name().unwrap().to_string_lossy().to_string();
+        let target_path = case.join("target.pt");
+        let traced = model_order(&target_path, &[], tch::Device::Cpu).unwrap();
+        for source in ["source.pth", "source.safetensors"] {
+            let read = weightmap::ReadOptions::default();
+            let s = weightmap::read_model(&case.join(source), &read).unwrap();
+            let t = weightmap::read_model(&target_path, &read).unwrap();
+            for (setting, order, strategy) in [
+                (
+                    "traced",
+                    traced.clone(),
+                    weightmap::mapper::Strategy::BestMatch,
+                ),
+                (
+                    "no order",
+                    Some(none.clone()),
+                    weightmap::mapper::Strategy::BestMatch,
+                ),
+                (
+                    "shape only",
+                    Some(none.clone()),
+                    weightmap::mapper::Strategy::ShapeOnly,
+                ),
+            ] {
+                let run = |candidates| {
+                    let options = MapperOptions {
+                        target_order: order.clone(),
+                        source_order: order
+                            .clone()
+                            .filter(|o| o.kind == weightmap::mapper::OrderKind::None),
+                        candidates,
+                        ..Default::default()
+                    };
+                    Mapper::new(s.clone(), t.clone(), options)
+                        .unwrap()
+                        .suggest_mapping(&SuggestOptions {
+                            strategy,
+                            ..Default::default()
+                        })
+                        .unwrap()
+                };
+                let exact = run(CandidateSearch::Exact);
+                let mut batched = run(CandidateSearch::Batched);
+                runs += 1;
+                assert_eq!(exact.scoring.search, "exact");
+                leftover_units += batched.scoring.leftover_units;
+                batched_pairs += batched.scoring.exact_pairs;
+                exact_pairs += exact.scoring.exact_pairs;
+                if batched.scoring.leftover_units > 0 {
+                    assert_eq!(
+                        batched.scoring.search, "batched",
+                        "{name} {source} {setting}"
+                    );
+                }
+                batched.scoring = exact.scoring.clone();
+                if batched != exact {
+                    let a = exact.as_dict();
+                    let b = batched.as_dict();
+                    let diff: Vec<String> = a
+                        .iter()
+                        .filter(|(k, v)| b.get(*k) != Some(*v))
+                        .map(|(k, v)| format!("{k}: exact {v}, batched {:?}", b.get(k)))
+                        .chain(
+                            b.iter()
+                                .filter(|(k, _)| !a.contains_key(*k))
+                                .map(|(k, v)| format!("{k}: exact none, batched {v}")),
+                        )
+                        .take(5)
+                        .collect();
+                    failures.push(format!(
+                        "{name} {source} {setting}: the mappings differ ({} vs {} pairs): {}",
+                        exact.mappings.len(),
+                        batched.mappings.len(),
+                        if diff.is_empty() {
+                            "same pairs, other scores or reasons".to_string()
+                        } else {
+                            diff.join("; ")
+                        }
+                    ));
+                }
+            }
+        }
+    }
+    eprintln!(
+        "{runs} runs: {leftover_units} leftover units; unit pairs scored exactly: {exact_pairs} exact search, {batched_pairs} batched"
+    );
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    // The comparison is not vacuous: the scored stage had work, and batched pruned it.
+    assert!(leftover_units > 100, "{leftover_units} leftover units");
+    assert!(batched_pairs < exact_pairs);
 }

@@ -56,9 +56,7 @@ fn write_json(path: &Path, value: &serde_json::Value) -> anyhow::Result<()> {
 /// Runs `weightmap map`.
 pub fn run(args: Args) -> anyhow::Result<()> {
     weightmap::progress::set_quiet(args.quiet);
-    // Validate every flag before reading anything. The device is checked whether or not
-    // a trace will use it: CUDA asked for where there is none is an error, not a CPU run.
-    weightmap::score_tensor::parse_device(&args.mapping.device)?;
+    // Validate every flag before reading anything.
     let opts = args.mapping.suggest_options()?;
     let mapper = args.mapping.mapper(&args.source, &args.target)?;
     let result = mapper.suggest_mapping(&opts)?;

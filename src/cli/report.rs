@@ -6,8 +6,8 @@
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use weightmap::mapper::{
-    model_order, order_from_file, parse_incompatible, Mapper, MapperOptions, OrderKind,
-    SuggestOptions, TensorOrder,
+    model_order, order_from_file, parse_incompatible, CandidateSearch, Mapper, MapperOptions,
+    OrderKind, SuggestOptions, TensorOrder,
 };
 use weightmap::report::html;
 use weightmap::score::ScoreWeights;
@@ -65,9 +65,16 @@ pub struct MappingFlags {
     /// SHAPE[:DTYPE[:LO-HI]], e.g. 1x3x224x224 or 1x16:i64:0-1000. Without it the static order is used.
     #[arg(long = "input", value_name = "SPEC", value_parser = parse_input)]
     pub inputs: Vec<InputSpec>,
-    /// Where the trace runs: cpu, cuda or cuda:N.
+    /// Where the trace and the batched candidate score run: cpu, cuda or cuda:N (the
+    /// mapping is the same on every device).
     #[arg(long, default_value = "cpu", value_name = "DEVICE")]
     pub device: String,
+    /// How candidates of the units structure leaves over are found: auto (exact while
+    /// each has at most 64 same-shape candidates, batched beyond), exact (score every
+    /// same-shape candidate), batched (top-k by a batched tensor score on --device, then
+    /// exact scores for those).
+    #[arg(long, default_value = "auto", value_name = "SEARCH")]
+    pub candidates: String,
     /// Which order tells look-alikes apart: auto (dynamic with --input, else static, else
     /// registration; a checkpoint's key order), dynamic (needs --input), static,
     /// registration, or none (names and shapes only: measures what order adds).
@@ -95,6 +102,7 @@ impl MappingFlags {
             Some(w) => w.parse()?,
             None => ScoreWeights::default(),
         };
+        self.candidates.parse::<CandidateSearch>()?;
         let opts = SuggestOptions {
             threshold: self.threshold,
             strategy: self.strategy.parse()?,
@@ -132,7 +140,8 @@ impl MappingFlags {
             Some(s) => parse_incompatible(s)?,
             None => vec![],
         };
-        let device = weightmap::trace::parse_device(&self.device)?;
+        // CUDA asked for where there is none is an error before anything is read.
+        let device = weightmap::score_tensor::parse_device(&self.device)?;
         let read = weightmap::ReadOptions::default();
         let source = weightmap::read_model(source_path, &read)?;
         let target = weightmap::read_model(target_path, &read)?;
@@ -147,6 +156,8 @@ impl MappingFlags {
                 Some(file) => Some(order_from_file(file, &source)?),
                 None => self.order_of(source_path, &[], device)?,
             },
+            candidates: self.candidates.parse()?,
+            device,
         };
         Ok(Mapper::new(source, target, options)?)
     }

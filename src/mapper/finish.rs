@@ -6,23 +6,24 @@ use super::fused::{detect_stacks, orphans, Found};
 use super::model::SideModel;
 use super::structure::{Incompat, Matcher, Structure};
 use super::{
-    Alternative, Candidate, Explanation, Mapper, MappingResult, Match, MatchType, ModelSummary,
-    Resolution, Strategy, SuggestOptions, Transform, Unmatched, UnmatchedReason,
-    CONSERVATIVE_MIN_MARGIN, CONSERVATIVE_MIN_SCORE, MAX_ALTERNATIVES,
+    Alternative, Candidate, CandidateSearch, Explanation, Mapper, MappingResult, Match, MatchType,
+    ModelSummary, Resolution, ScoringSummary, Strategy, SuggestOptions, Transform, Unmatched,
+    UnmatchedReason, CONSERVATIVE_MIN_MARGIN, CONSERVATIVE_MIN_SCORE, MAX_ALTERNATIVES,
+    MAX_EXACT_CANDIDATES,
 };
 use crate::assign::{assign, Edge};
+use crate::error::Result;
 use crate::progress::Progress;
 use crate::score::{
     candidate, loose_shape, roles_compatible, score_pair, score_upper_bound, PairContext, Role,
     ScoreBreakdown, ScoreWeights, ShapeRelation,
 };
+use crate::score_tensor::{self, ApproxWeights, Block, CandidateOptions, Features};
 use rayon::prelude::*;
 use std::collections::{HashMap, HashSet};
 
 /// Two leftover pairings closer than this in score are a tie: neither is taken.
 pub(crate) const TIE_MARGIN: f64 = 0.01;
-/// Most candidate target units scored per leftover source unit (nearest context first).
-const MAX_LEFTOVER_CANDIDATES: usize = 64;
 /// Most candidates scored to explain why a tensor is unmatched.
 const MAX_REASON_CANDIDATES: usize = 32;
 /// Most targets scored per match for its confidence and alternatives.
@@ -48,6 +49,34 @@ pub(crate) struct State<'a> {
     incompat: Incompat,
     t_to_s: HashMap<usize, usize>,
     subtree_cache: std::sync::Mutex<HashMap<usize, std::sync::Arc<Vec<usize>>>>,
+    search: CandidateSearch,
+    device: tch::Device,
+    /// The batched score's features of both sides, computed the first time it runs.
+    features: std::sync::OnceLock<(Features, Features)>,
+}
+
+/// What one round of leftover assignment found.
+struct Leftovers {
+    pairs: Vec<TPair>,
+    /// Per source tensor left in a tie: the target tensors it tied with.
+    ambiguous_s: HashMap<usize, Vec<usize>>,
+    /// Per target tensor left in a tie: the source tensors it tied with.
+    ambiguous_t: HashMap<usize, Vec<usize>>,
+    /// How the round ran.
+    scoring: ScoringSummary,
+}
+
+/// A candidate unit of a leftover unit (index into the leftover targets), its score and
+/// the tensor pairs it makes.
+type ScoredCandidate = (usize, f64, Vec<(usize, usize)>);
+
+/// Leftover tensors meet by role; a bare parameter may become a module's weight.
+fn key_role(r: Role) -> Role {
+    if r == Role::Param {
+        Role::Weight
+    } else {
+        r
+    }
 }
 
 /// How doubtful a resolution is (higher = more doubtful), to report the weakest step.
@@ -65,7 +94,7 @@ fn doubt(r: Resolution) -> u8 {
     }
 }
 
-pub(crate) fn run<'a>(m: &'a Mapper, opts: &SuggestOptions) -> (MappingResult, State<'a>) {
+pub(crate) fn run<'a>(m: &'a Mapper, opts: &SuggestOptions) -> Result<(MappingResult, State<'a>)> {
     let allow_reshape = m.options.shape_tolerance > 0.0;
     let use_names = opts.strategy != Strategy::ShapeOnly;
     let weights = if use_names {
@@ -118,6 +147,9 @@ pub(crate) fn run<'a>(m: &'a Mapper, opts: &SuggestOptions) -> (MappingResult, S
         incompat,
         t_to_s: HashMap::new(),
         subtree_cache: Default::default(),
+        search: m.options.candidates,
+        device: m.options.device,
+        features: Default::default(),
     };
     let relations: Vec<Found> = stacks
         .into_iter()
@@ -172,23 +204,29 @@ pub(crate) fn run<'a>(m: &'a Mapper, opts: &SuggestOptions) -> (MappingResult, S
 
     // 4. Leftover units: scored assignment; ties stay open.
     let none = HashSet::new();
-    let (leftover_pairs, mut ambiguous_s, mut ambiguous_t) =
-        state.assign_leftovers(&pairs, &none, &none);
-    let paired_some = !leftover_pairs.is_empty();
-    pairs.extend(leftover_pairs);
+    let first = state.assign_leftovers(&pairs, &none, &none)?;
+    let (mut ambiguous_s, mut ambiguous_t, mut scoring) =
+        (first.ambiguous_s, first.ambiguous_t, first.scoring);
+    let paired_some = !first.pairs.is_empty();
+    pairs.extend(first.pairs);
     // A second round for the tensors the first left free in units it paired in part (a
     // router's bias that the other side keeps in a sub-module of its own); tensors left
     // tied in the first round stay as they are.
     if paired_some {
         let held_s: HashSet<usize> = ambiguous_s.keys().copied().collect();
         let held_t: HashSet<usize> = ambiguous_t.keys().copied().collect();
-        let (more, amb_s, amb_t) = state.assign_leftovers(&pairs, &held_s, &held_t);
-        pairs.extend(more);
-        for (k, v) in amb_s {
+        let more = state.assign_leftovers(&pairs, &held_s, &held_t)?;
+        pairs.extend(more.pairs);
+        for (k, v) in more.ambiguous_s {
             ambiguous_s.entry(k).or_insert(v);
         }
-        for (k, v) in amb_t {
+        for (k, v) in more.ambiguous_t {
             ambiguous_t.entry(k).or_insert(v);
+        }
+        scoring.exact_pairs += more.scoring.exact_pairs;
+        if more.scoring.search == CandidateSearch::Batched.name() {
+            scoring.search = more.scoring.search;
+            scoring.device = more.scoring.device;
         }
     }
 
@@ -431,8 +469,9 @@ pub(crate) fn run<'a>(m: &'a Mapper, opts: &SuggestOptions) -> (MappingResult, S
         unmatched_source,
         unmatched_target,
         many_to_one: relations.into_iter().map(|f| f.relation).collect(),
+        scoring,
     };
-    (result, state)
+    Ok((result, state))
 }
 
 /// For each tensor sharing storage with a matched tensor (tied weights, in either
@@ -728,20 +767,15 @@ impl<'a> State<'a> {
         Some((total / pairs.len() as f64, pairs))
     }
 
-    /// Scored one-to-one assignment of the units structure left over. Returns the pairs
-    /// and, per tensor, the candidates it tied with.
-    #[allow(clippy::type_complexity)]
-    /// Tensors in `held_s` / `held_t` are treated as taken.
+    /// Scored one-to-one assignment of the units structure left over: the pairs and, per
+    /// tensor, the candidates it tied with. Tensors in `held_s` / `held_t` are treated as
+    /// taken. Errors only where the batched score fails on its device.
     fn assign_leftovers(
         &self,
         existing: &[TPair],
         held_s: &HashSet<usize>,
         held_t: &HashSet<usize>,
-    ) -> (
-        Vec<TPair>,
-        HashMap<usize, Vec<usize>>,
-        HashMap<usize, Vec<usize>>,
-    ) {
+    ) -> Result<Leftovers> {
         let mut taken_t: HashSet<usize> = existing.iter().map(|p| p.t).collect();
         let mut taken_s: HashSet<usize> = existing.iter().map(|p| p.s).collect();
         taken_s.extend(held_s);
@@ -815,61 +849,67 @@ impl<'a> State<'a> {
         let mut index: HashMap<(Role, Vec<i64>), Vec<usize>> = HashMap::new();
         for (k, &u) in left_t.iter().enumerate() {
             for (r, ti) in free_t(u) {
-                let key_role = if r == Role::Param { Role::Weight } else { r };
                 let e = index
-                    .entry((key_role, key_shape(&self.t.spec.tensors[ti].shape)))
+                    .entry((key_role(r), key_shape(&self.t.spec.tensors[ti].shape)))
                     .or_default();
                 if e.last() != Some(&k) {
                     e.push(k);
                 }
             }
         }
-        let progress = Progress::new(left_s.len() as u64, "solving");
-        let rows: Vec<Vec<(usize, f64, Vec<(usize, usize)>)>> = left_s
+        // Every same-role, same-shape candidate unit of each leftover unit: the exact list.
+        let exact_rows: Vec<Vec<usize>> = left_s
             .par_iter()
             .map(|&su| {
-                progress.inc(1);
-                let unit = &self.s.units[su];
-                let mut cands: Vec<usize> = vec![];
-                for (r, si) in free_s(su) {
-                    let key_role = if r == Role::Param { Role::Weight } else { r };
-                    if let Some(v) =
-                        index.get(&(key_role, key_shape(&self.s.spec.tensors[si].shape)))
-                    {
-                        cands.extend(v.iter().copied());
-                    }
-                }
+                let mut cands: Vec<usize> = free_s(su)
+                    .filter_map(|(r, si)| {
+                        index.get(&(key_role(r), key_shape(&self.s.spec.tensors[si].shape)))
+                    })
+                    .flatten()
+                    .copied()
+                    .collect();
                 cands.sort_unstable();
                 cands.dedup();
-                if cands.len() > MAX_LEFTOVER_CANDIDATES {
-                    // Keep those in the nearest matched context first.
-                    let si = unit.tensors[0].1;
-                    let mut scopes: Vec<usize> = self
-                        .s
-                        .ancestors_of_tensor(si)
-                        .into_iter()
-                        .filter_map(|a| self.st.node_pairs.get(&a).copied())
-                        .collect();
-                    scopes.push(0);
-                    let mut kept: Vec<usize> = vec![];
-                    for b in scopes {
-                        let path = &self.t.nodes[b].path;
-                        for &k in &cands {
-                            if kept.len() < MAX_LEFTOVER_CANDIDATES
-                                && !kept.contains(&k)
-                                && self
-                                    .t
-                                    .tensor_inside(self.t.units[left_t[k]].tensors[0].1, path)
-                            {
-                                kept.push(k);
-                            }
-                        }
-                        if kept.len() >= MAX_LEFTOVER_CANDIDATES {
-                            break;
-                        }
-                    }
-                    cands = kept;
-                }
+                cands
+            })
+            .collect();
+        let batched = !left_s.is_empty()
+            && match self.search {
+                CandidateSearch::Exact => false,
+                CandidateSearch::Batched => true,
+                CandidateSearch::Auto => exact_rows.iter().any(|c| c.len() > MAX_EXACT_CANDIDATES),
+            };
+        let cand_rows: Vec<Vec<usize>> = if batched {
+            self.batched_candidates(&left_s, &left_t, &taken_s, &taken_t, &exact_rows)?
+        } else {
+            exact_rows
+                .into_par_iter()
+                .zip(left_s.par_iter())
+                .map(|(cands, &su)| self.nearest_in_context(su, cands, &left_t))
+                .collect()
+        };
+        let scoring = ScoringSummary {
+            search: if batched {
+                CandidateSearch::Batched
+            } else {
+                CandidateSearch::Exact
+            }
+            .name()
+            .to_string(),
+            device: if batched {
+                crate::trace::device_name(self.device)
+            } else {
+                String::new()
+            },
+            leftover_units: left_s.len(),
+            exact_pairs: cand_rows.iter().map(Vec::len).sum(),
+        };
+        let progress = Progress::new(left_s.len() as u64, "solving");
+        let rows: Vec<Vec<ScoredCandidate>> = left_s
+            .par_iter()
+            .zip(cand_rows)
+            .map(|(&su, cands)| {
+                progress.inc(1);
                 cands
                     .into_iter()
                     .filter_map(|k| {
@@ -996,7 +1036,163 @@ impl<'a> State<'a> {
                 }
             }
         }
-        (out, amb_s, amb_t)
+        Ok(Leftovers {
+            pairs: out,
+            ambiguous_s: amb_s,
+            ambiguous_t: amb_t,
+            scoring,
+        })
+    }
+
+    /// The exact search's candidates of leftover unit `su` (indices into `left_t`): all of
+    /// them up to [`MAX_EXACT_CANDIDATES`], else those in the nearest matched context first.
+    fn nearest_in_context(&self, su: usize, cands: Vec<usize>, left_t: &[usize]) -> Vec<usize> {
+        if cands.len() <= MAX_EXACT_CANDIDATES {
+            return cands;
+        }
+        let si = self.s.units[su].tensors[0].1;
+        let mut scopes: Vec<usize> = self
+            .s
+            .ancestors_of_tensor(si)
+            .into_iter()
+            .filter_map(|a| self.st.node_pairs.get(&a).copied())
+            .collect();
+        scopes.push(0);
+        let mut kept: Vec<usize> = vec![];
+        for b in scopes {
+            let path = &self.t.nodes[b].path;
+            for &k in &cands {
+                if kept.len() < MAX_EXACT_CANDIDATES
+                    && !kept.contains(&k)
+                    && self
+                        .t
+                        .tensor_inside(self.t.units[left_t[k]].tensors[0].1, path)
+                {
+                    kept.push(k);
+                }
+            }
+            if kept.len() >= MAX_EXACT_CANDIDATES {
+                break;
+            }
+        }
+        kept
+    }
+
+    /// The structure matched so far, for the batched score: the target tree numbered in
+    /// pre-order, and for each of `sources` the intervals of its matched ancestors'
+    /// counterparts (the same ancestors [`Self::pair_context`] counts).
+    fn matched_context(&self, sources: impl Iterator<Item = usize>) -> score_tensor::Context {
+        let nodes = &self.t.nodes;
+        let (mut start, mut end) = (vec![0i64; nodes.len()], vec![0i64; nodes.len()]);
+        let mut next = 0i64;
+        // Iterative pre-order walk: (node, children done).
+        let mut stack = vec![(0usize, false)];
+        while let Some((x, done)) = stack.pop() {
+            if done {
+                end[x] = next;
+                continue;
+            }
+            start[x] = next;
+            next += 1;
+            stack.push((x, true));
+            stack.extend(nodes[x].children.iter().rev().map(|&c| (c, false)));
+        }
+        let target = (0..self.t.spec.tensors.len())
+            .map(|ti| {
+                self.t.unit_of[ti]
+                    .map(|u| start[self.t.units[u].node])
+                    .unwrap_or(-1)
+            })
+            .collect();
+        let mut source = vec![vec![]; self.s.spec.tensors.len()];
+        for si in sources {
+            source[si] = self
+                .s
+                .ancestors_of_tensor(si)
+                .into_iter()
+                .filter_map(|a| self.st.node_pairs.get(&a))
+                .map(|&b| (start[b], end[b]))
+                .collect();
+        }
+        score_tensor::Context { source, target }
+    }
+
+    /// The batched search's candidates of each leftover unit (indices into `left_t`): the
+    /// units of the top-k targets of its free tensors by the batched approximate score,
+    /// computed as tensor operations on the chosen device, one block per role so that
+    /// only same-role tensors meet. Kept only where the exact search would also have
+    /// looked (same role, same shape), so batched candidates are a subset of exact ones.
+    fn batched_candidates(
+        &self,
+        left_s: &[usize],
+        left_t: &[usize],
+        taken_s: &HashSet<usize>,
+        taken_t: &HashSet<usize>,
+        exact_rows: &[Vec<usize>],
+    ) -> Result<Vec<Vec<usize>>> {
+        let (fs, ft) = self.features.get_or_init(|| {
+            score_tensor::features(
+                &self.s.spec.tensors,
+                &self.t.spec.tensors,
+                self.allow_reshape,
+            )
+        });
+        let mut by_role: HashMap<Role, Block> = HashMap::new();
+        for &su in left_s {
+            for &(r, si) in &self.s.units[su].tensors {
+                if !taken_s.contains(&si) {
+                    by_role
+                        .entry(key_role(r))
+                        .or_insert_with(|| Block::all(0, 0))
+                        .source
+                        .push(si);
+                }
+            }
+        }
+        let mut col_of: HashMap<usize, usize> = HashMap::new();
+        for (k, &tu) in left_t.iter().enumerate() {
+            for &(r, ti) in &self.t.units[tu].tensors {
+                if !taken_t.contains(&ti) {
+                    col_of.insert(ti, k);
+                    if let Some(b) = by_role.get_mut(&key_role(r)) {
+                        b.target.push(ti);
+                    }
+                }
+            }
+        }
+        let mut blocks: Vec<(Role, Block)> = by_role.into_iter().collect();
+        blocks.sort_by_key(|(r, _)| *r);
+        let blocks: Vec<Block> = blocks.into_iter().map(|(_, b)| b).collect();
+        let w = &self.weights;
+        let options = CandidateOptions {
+            device: self.device,
+            weights: ApproxWeights {
+                shape: w.shape as f32,
+                name: w.name as f32,
+                hierarchy: w.hierarchy as f32,
+            },
+            reshape: self.allow_reshape,
+            ..Default::default()
+        };
+        let context = self.matched_context(blocks.iter().flat_map(|b| b.source.iter().copied()));
+        let lists = score_tensor::top_candidates_from(fs, ft, &blocks, &options, Some(&context))?;
+        Ok(left_s
+            .par_iter()
+            .zip(exact_rows.par_iter())
+            .map(|(&su, exact)| {
+                let mut cands: Vec<usize> = self.s.units[su]
+                    .tensors
+                    .iter()
+                    .filter(|x| !taken_s.contains(&x.1))
+                    .flat_map(|&(_, si)| lists[si].iter())
+                    .filter_map(|c| col_of.get(&c.target).copied())
+                    .filter(|k| exact.binary_search(k).is_ok())
+                    .collect();
+                cands.sort_unstable();
+                cands.dedup();
+                cands
+            })
+            .collect())
     }
 
     /// Per matched source module: (transposed, direct) counts of non-square 2-D weights

@@ -72,8 +72,69 @@ pub struct TensorOrder {
     pub names: Vec<String>,
 }
 
+/// How the scored stage finds the candidate targets of the units structure left over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CandidateSearch {
+    /// Exact while every leftover unit has at most [`MAX_EXACT_CANDIDATES`] same-shape
+    /// candidates, batched beyond: there the exact search would have to cut its list by
+    /// context alone, where the batched score ranks by name, indices and position.
+    #[default]
+    Auto,
+    /// Every same-shape, same-role target unit is scored exactly (past
+    /// [`MAX_EXACT_CANDIDATES`], the nearest in matched context are kept).
+    Exact,
+    /// The batched approximate score of [`crate::score_tensor`] (tensor operations on the
+    /// chosen device, tiled by shape class) keeps the [`crate::score_tensor::DEFAULT_TOP_K`]
+    /// best targets per source tensor; only those are scored exactly, in parallel.
+    Batched,
+}
+
+impl CandidateSearch {
+    /// The name used on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            CandidateSearch::Auto => "auto",
+            CandidateSearch::Exact => "exact",
+            CandidateSearch::Batched => "batched",
+        }
+    }
+}
+
+impl FromStr for CandidateSearch {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(CandidateSearch::Auto),
+            "exact" => Ok(CandidateSearch::Exact),
+            "batched" => Ok(CandidateSearch::Batched),
+            _ => Err(Error::invalid(
+                "--candidates",
+                format!("'{s}': use auto, exact or batched"),
+            )),
+        }
+    }
+}
+
+/// Most same-shape candidate units the exact search scores per leftover unit; see
+/// [`CandidateSearch::Auto`].
+pub const MAX_EXACT_CANDIDATES: usize = 64;
+
+/// How the scored stage ran: which candidate search, where, and how much it scored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct ScoringSummary {
+    /// The search used (`exact` or `batched`; `auto` resolves to one of them).
+    pub search: String,
+    /// Where the batched score ran (`cpu`, `cuda:0`); empty when it did not run.
+    pub device: String,
+    /// Leftover source units scored.
+    pub leftover_units: usize,
+    /// Unit pairs scored exactly.
+    pub exact_pairs: usize,
+}
+
 /// Options of a [`Mapper`].
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct MapperOptions {
     /// Shape tolerance in `[0, 1]`: above 0, tensors with the same elements in another
     /// shape (size-1 dimensions dropped, e.g. conv 1×1 ↔ linear) become candidates,
@@ -88,6 +149,24 @@ pub struct MapperOptions {
     pub source_order: Option<TensorOrder>,
     /// The target's execution (or other) order, if known (see `source_order`).
     pub target_order: Option<TensorOrder>,
+    /// How candidates of leftover units are found.
+    pub candidates: CandidateSearch,
+    /// Where the batched score runs (CPU, or a CUDA device from
+    /// [`crate::score_tensor::parse_device`]); the mapping is the same on every device.
+    pub device: tch::Device,
+}
+
+impl Default for MapperOptions {
+    fn default() -> Self {
+        MapperOptions {
+            shape_tolerance: 0.0,
+            incompatible: vec![],
+            source_order: None,
+            target_order: None,
+            candidates: CandidateSearch::Auto,
+            device: tch::Device::Cpu,
+        }
+    }
 }
 
 /// How pairs are chosen.
@@ -485,6 +564,9 @@ pub struct MappingResult {
     pub unmatched_target: Vec<Unmatched>,
     /// Many-to-one relations found (their tensors are also listed as unmatched).
     pub many_to_one: Vec<ManyToOne>,
+    /// How the scored stage ran.
+    #[serde(default)]
+    pub scoring: ScoringSummary,
 }
 
 impl MappingResult {
@@ -581,6 +663,7 @@ impl MappingResult {
             "unmatched_source": unmatched(&self.unmatched_source),
             "unmatched_target": unmatched(&self.unmatched_target),
             "many_to_one": self.many_to_one,
+            "scoring": self.scoring,
         })
     }
 }
@@ -687,7 +770,7 @@ impl Mapper {
     /// Works out the mapping.
     pub fn suggest_mapping(&self, opts: &SuggestOptions) -> Result<MappingResult> {
         opts.validate()?;
-        Ok(finish::run(self, opts).0)
+        Ok(finish::run(self, opts)?.0)
     }
 
     /// Scores one source tensor against every candidate target, with full breakdowns,
@@ -708,7 +791,7 @@ impl Mapper {
                 key: source.to_string(),
                 hint: String::new(),
             })?;
-        let (result, state) = finish::run(self, opts);
+        let (result, state) = finish::run(self, opts)?;
         Ok(state.explain(self, &result, i, opts))
     }
 }

@@ -15,8 +15,9 @@
 use crate::apply::output::OutputFile;
 use crate::error::{Error, Result};
 use crate::mapper::{
-    Alternative, ManyToOne, MappingResult, Match, MatchType, ModelSummary, Resolution, Strategy,
-    Transform, Unmatched, UnmatchedReason, CONSERVATIVE_MIN_MARGIN, CONSERVATIVE_MIN_SCORE,
+    Alternative, ManyToOne, MappingResult, Match, MatchType, ModelSummary, Resolution,
+    ScoringSummary, Strategy, Transform, Unmatched, UnmatchedReason, CONSERVATIVE_MIN_MARGIN,
+    CONSERVATIVE_MIN_SCORE,
 };
 use crate::report::terminal::{transform_name, SCORE_FAIR, SCORE_GOOD};
 use crate::report::tree::KNOWN_BUFFER_LEAVES;
@@ -81,6 +82,8 @@ struct ReportFile {
     unmatched_target: Vec<ReportUnmatched>,
     #[serde(default)]
     many_to_one: Vec<ManyToOne>,
+    #[serde(default)]
+    scoring: ScoringSummary,
 }
 
 /// Rebuilds a mapping result from the JSON report of
@@ -134,6 +137,7 @@ pub fn result_from_report_json(value: &Value, path: &Path) -> Result<MappingResu
         unmatched_source: unmatched(r.unmatched_source),
         unmatched_target: unmatched(r.unmatched_target),
         many_to_one: r.many_to_one,
+        scoring: r.scoring,
     })
 }
 

@@ -257,31 +257,54 @@ pub fn name_tokens(name: &str) -> Vec<String> {
     out
 }
 
-/// The integer values of the purely numeric dotted components, outermost first
-/// (`model.layers.3.mlp.experts.17.w1` → `[3, 17]`).
+/// Maximal runs of ASCII digits that stand alone between punctuation (`.`, `_`, `-`, ...)
+/// or the ends of the name, as byte ranges: the indices of a name, dotted
+/// (`layers.3`) or flattened (`layers_3_w1`); digits inside a word (`w1`, `fc2`) are not.
+fn index_runs(name: &str) -> Vec<std::ops::Range<usize>> {
+    let b = name.as_bytes();
+    let mut out = vec![];
+    let mut i = 0;
+    while i < b.len() {
+        if b[i].is_ascii_digit() {
+            let start = i;
+            while i < b.len() && b[i].is_ascii_digit() {
+                i += 1;
+            }
+            let alone_before = start == 0 || !b[start - 1].is_ascii_alphanumeric();
+            let alone_after = i == b.len() || !b[i].is_ascii_alphanumeric();
+            if alone_before && alone_after {
+                out.push(start..i);
+            }
+        } else {
+            i += 1;
+        }
+    }
+    out
+}
+
+/// The integer values of the name's standalone numbers, outermost first
+/// (`model.layers.3.mlp.experts.17.w1` and `layers_3_experts_17_w1` → `[3, 17]`).
 pub fn name_indices(name: &str) -> Vec<i64> {
-    name.split('.')
-        .filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
-        .map(|p| p.parse::<i64>().unwrap_or(i64::MAX))
+    index_runs(name)
+        .into_iter()
+        .map(|r| name[r].parse::<i64>().unwrap_or(i64::MAX))
         .collect()
 }
 
-/// The set of character trigrams of the name with numeric components replaced by `#`
+/// The set of character trigrams of the name with its standalone numbers replaced by `#`
 /// (indices are compared as integers, not as characters), padded with `^` and `$`.
 pub fn name_ngrams(name: &str) -> Vec<String> {
-    let masked: Vec<&str> = name
-        .split('.')
-        .map(|p| {
-            if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) {
-                "#"
-            } else {
-                p
-            }
-        })
-        .collect();
-    let text: Vec<char> = format!("^{}$", masked.join(".").to_ascii_lowercase())
-        .chars()
-        .collect();
+    let mut masked = String::with_capacity(name.len() + 2);
+    masked.push('^');
+    let mut last = 0;
+    for r in index_runs(name) {
+        masked.push_str(&name[last..r.start]);
+        masked.push('#');
+        last = r.end;
+    }
+    masked.push_str(&name[last..]);
+    masked.push('$');
+    let text: Vec<char> = masked.to_ascii_lowercase().chars().collect();
     let mut out: Vec<String> = text.windows(NGRAM).map(|w| w.iter().collect()).collect();
     out.sort();
     out.dedup();
@@ -536,6 +559,13 @@ pub fn top_candidates_from(
         }
     }
     Ok(out)
+}
+
+/// Whether a list from [`top_candidates`] with `k` may have lost candidates tied with its
+/// k-th: it is full (`k + TIE_SLACK`) and its last equals its k-th. The approximate score
+/// could not tell those targets apart, so the list cannot stand for them all.
+pub fn ties_cut(list: &[Candidate], k: usize) -> bool {
+    k > 0 && list.len() >= k + TIE_SLACK && list[list.len() - 1].approx >= list[k - 1].approx
 }
 
 /// A dense 0/1 incidence matrix (rows × vocabulary) of id lists, over a local vocabulary.
@@ -878,6 +908,14 @@ mod tests {
             vec![3, 17]
         );
         assert_eq!(name_indices("conv1.weight"), Vec::<i64>::new());
+        // Flattened names keep their indices; digits inside words are not indices.
+        assert_eq!(name_indices("layers_3_experts_17_w1.weight"), vec![3, 17]);
+        assert_eq!(
+            name_ngrams("layers_3_w1"),
+            name_ngrams("layers_12_w1"),
+            "indices are masked wherever they stand"
+        );
+        assert_ne!(name_ngrams("w1"), name_ngrams("w2"));
         let g = name_ngrams("a.12.b");
         for want in ["^a.", "a.#", ".#.", "#.b", ".b$"] {
             assert!(g.contains(&want.to_string()), "{want} in {g:?}");
@@ -1003,18 +1041,25 @@ mod tests {
 
     #[test]
     fn context_ranks_targets_in_the_matched_module_first() {
-        // Without indices in the names, layers look alike; the matched structure says
-        // which layer's counterpart a tensor sits in.
+        // With the layer index cut from the names, layers look alike; the matched
+        // structure says which layer's counterpart a tensor sits in.
+        let (src, tgt) = pair_of_models(4, 2);
+        let mut context = layer_context(&src, &tgt);
+        let layer = |t: &TensorInfo| t.name.contains("layers.").then(|| name_indices(&t.name)[0]);
+        let (src_layer, tgt_layer): (Vec<_>, Vec<_>) = (
+            src.iter().map(layer).collect(),
+            tgt.iter().map(layer).collect(),
+        );
         let strip = |v: Vec<TensorInfo>| -> Vec<TensorInfo> {
             v.into_iter()
                 .map(|mut t| {
-                    t.name = t.name.replace("layers.", "layers_");
+                    if let Some(l) = layer(&t) {
+                        t.name = t.name.replacen(&format!("layers.{l}."), "layers.", 1);
+                    }
                     t
                 })
                 .collect()
         };
-        let (src, tgt) = pair_of_models(4, 2);
-        let mut context = layer_context(&src, &tgt);
         let (src, tgt) = (strip(src), strip(tgt));
         assert!(src.iter().all(|t| name_indices(&t.name).len() <= 1));
         let all = [Block::all(src.len(), tgt.len())];
@@ -1024,19 +1069,14 @@ mod tests {
         };
         let (fs, ft) = features(&src, &tgt, false);
         let got = top_candidates_from(&fs, &ft, &all, &opts, Some(&context)).unwrap();
-        let layer = |name: &str| {
-            name.split('.')
-                .find(|p| p.starts_with("layers_"))
-                .map(str::to_string)
-        };
         for (i, list) in got.iter().enumerate() {
-            if let Some(l) = layer(&src[i].name) {
+            if src_layer[i].is_some() {
                 assert!(
-                    list.iter()
-                        .all(|c| layer(&tgt[c.target].name) == Some(l.clone())),
-                    "{}: {:?}",
+                    list.iter().all(|c| tgt_layer[c.target] == src_layer[i]),
+                    "{} of layer {:?}: {:?}",
                     src[i].name,
-                    list.iter().map(|c| &tgt[c.target].name).collect::<Vec<_>>()
+                    src_layer[i],
+                    list.iter().map(|c| tgt_layer[c.target]).collect::<Vec<_>>()
                 );
             }
         }

@@ -339,3 +339,74 @@ fn an_order_file_of_another_model_is_refused() {
         "{err}"
     );
 }
+
+#[test]
+fn batched_search_maps_a_flattened_target_without_a_wrong_pair() {
+    // Module levels flattened into one name (`layers_3_feed_forward_experts_17_w1.weight`):
+    // structure cannot pair layers, so thousands of look-alike units reach the scored
+    // stage. The exact search can score only the first 64 same-shape candidates of each;
+    // the batched search ranks them all (indices in the flattened names included) and
+    // keeps the best from both sides. Both must leave the misleading norms unmatched
+    // rather than guess; batched maps far more, and neither maps anything wrong.
+    let Some(dir) = make_cases("qwen3_moe_1k") else {
+        return;
+    };
+    let d = dir.path().join("qwen3_moe_1k");
+    let truth = truth(&d);
+    let source = read_model(&d.join("source.safetensors"), &ReadOptions::default()).unwrap();
+    let mut target = read_model(&d.join("target.json"), &ReadOptions::default()).unwrap();
+    for t in target.tensors.iter_mut() {
+        if let Some((module, leaf)) = t.name.clone().rsplit_once('.') {
+            t.rename(&format!("{}.{leaf}", module.replace('.', "_")));
+        }
+    }
+    let run = |candidates| {
+        let options = weightmap::mapper::MapperOptions {
+            candidates,
+            ..Default::default()
+        };
+        weightmap::mapper::Mapper::new(source.clone(), target.clone(), options)
+            .unwrap()
+            .suggest_mapping(&weightmap::mapper::SuggestOptions::default())
+            .unwrap()
+    };
+    let count = |r: &weightmap::mapper::MappingResult| {
+        let (mut right, mut wrong) = (0, 0);
+        for m in &r.mappings {
+            // Reports name targets as written in the file (the spec's original names).
+            if truth[&m.source_original] == m.target {
+                right += 1;
+            } else {
+                wrong += 1;
+            }
+        }
+        (right, wrong)
+    };
+    let exact = run(weightmap::mapper::CandidateSearch::Exact);
+    let batched = run(weightmap::mapper::CandidateSearch::Batched);
+    let auto = run(weightmap::mapper::CandidateSearch::Auto);
+    let (er, ew) = count(&exact);
+    let (br, bw) = count(&batched);
+    eprintln!(
+        "flattened target, {} tensors: exact {er} right {ew} wrong ({} unit pairs scored), batched {br} right {bw} wrong ({} pairs)",
+        truth.len(),
+        exact.scoring.exact_pairs,
+        batched.scoring.exact_pairs
+    );
+    assert_eq!((ew, bw), (0, 0), "nothing maps wrong");
+    assert!(br > er, "batched ranks all candidates: {br} vs {er}");
+    assert!(batched.scoring.exact_pairs < exact.scoring.exact_pairs);
+    // Past 64 candidates per unit, auto is the batched search.
+    assert_eq!(auto.scoring.search, "batched");
+    assert_eq!(auto.mappings, batched.mappings);
+    // Whatever is left is the layer norms, which the names mislead about.
+    let unmatched: Vec<&str> = batched
+        .unmatched_source
+        .iter()
+        .map(|u| u.original_name.as_str())
+        .collect();
+    assert!(
+        unmatched.iter().all(|s| s.ends_with("layernorm.weight")),
+        "{unmatched:?}"
+    );
+}

@@ -939,6 +939,14 @@ impl<'a> State<'a> {
         for (&(r, c), &sc) in &cell {
             rows_of_col.entry(c).or_default().push((r, sc));
         }
+        // The score of a swap's other half; a pair the candidate search did not keep (the
+        // batched search prunes) is scored now, so a tie it would hide is still seen.
+        let swap_cell = |r: usize, c: usize| -> f64 {
+            cell.get(&(r, c)).copied().unwrap_or_else(|| {
+                self.unit_score(left_s[r], left_t[c], &taken_s, &taken_t)
+                    .map_or(f64::NEG_INFINITY, |x| x.0)
+            })
+        };
         let mut out = vec![];
         let mut amb_s: HashMap<usize, Vec<usize>> = HashMap::new();
         let mut amb_t: HashMap<usize, Vec<usize>> = HashMap::new();
@@ -953,7 +961,7 @@ impl<'a> State<'a> {
                     Some(&r2) => {
                         a.score + cell.get(&(r2, *k)).copied().unwrap_or(0.0)
                             - sc
-                            - cell.get(&(r2, a.col)).copied().unwrap_or(f64::NEG_INFINITY)
+                            - swap_cell(r2, a.col)
                     }
                     None => a.score - sc,
                 };
@@ -970,7 +978,7 @@ impl<'a> State<'a> {
                     Some(&c2) => {
                         a.score + cell.get(&(r2, c2)).copied().unwrap_or(0.0)
                             - sc2
-                            - cell.get(&(a.row, c2)).copied().unwrap_or(f64::NEG_INFINITY)
+                            - swap_cell(a.row, c2)
                     }
                     None => a.score - sc2,
                 };
@@ -1078,11 +1086,17 @@ impl<'a> State<'a> {
         kept
     }
 
-    /// The structure matched so far, for the batched score: the target tree numbered in
-    /// pre-order, and for each of `sources` the intervals of its matched ancestors'
-    /// counterparts (the same ancestors [`Self::pair_context`] counts).
-    fn matched_context(&self, sources: impl Iterator<Item = usize>) -> score_tensor::Context {
-        let nodes = &self.t.nodes;
+    /// The structure matched so far, for the batched score from side `from` to side `to`
+    /// (`pairs`: matched nodes of `from` to their counterparts in `to`): the `to` tree
+    /// numbered in pre-order, and for each of `tensors` of `from` the intervals of its
+    /// matched ancestors' counterparts (the same ancestors [`Self::pair_context`] counts).
+    fn matched_context(
+        from: &SideModel,
+        to: &SideModel,
+        pairs: &HashMap<usize, usize>,
+        tensors: impl Iterator<Item = usize>,
+    ) -> score_tensor::Context {
+        let nodes = &to.nodes;
         let (mut start, mut end) = (vec![0i64; nodes.len()], vec![0i64; nodes.len()]);
         let mut next = 0i64;
         // Iterative pre-order walk: (node, children done).
@@ -1097,20 +1111,19 @@ impl<'a> State<'a> {
             stack.push((x, true));
             stack.extend(nodes[x].children.iter().rev().map(|&c| (c, false)));
         }
-        let target = (0..self.t.spec.tensors.len())
+        let target = (0..to.spec.tensors.len())
             .map(|ti| {
-                self.t.unit_of[ti]
-                    .map(|u| start[self.t.units[u].node])
+                to.unit_of[ti]
+                    .map(|u| start[to.units[u].node])
                     .unwrap_or(-1)
             })
             .collect();
-        let mut source = vec![vec![]; self.s.spec.tensors.len()];
-        for si in sources {
-            source[si] = self
-                .s
+        let mut source = vec![vec![]; from.spec.tensors.len()];
+        for si in tensors {
+            source[si] = from
                 .ancestors_of_tensor(si)
                 .into_iter()
-                .filter_map(|a| self.st.node_pairs.get(&a))
+                .filter_map(|a| pairs.get(&a))
                 .map(|&b| (start[b], end[b]))
                 .collect();
         }
@@ -1121,7 +1134,8 @@ impl<'a> State<'a> {
     /// units of the top-k targets of its free tensors by the batched approximate score,
     /// computed as tensor operations on the chosen device, one block per role so that
     /// only same-role tensors meet. Kept only where the exact search would also have
-    /// looked (same role, same shape), so batched candidates are a subset of exact ones.
+    /// looked (same role, same shape), so batched candidates are a subset of exact ones;
+    /// a unit whose approximate ranking ends in a tie it had to cut gets the exact list.
     fn batched_candidates(
         &self,
         left_s: &[usize],
@@ -1174,18 +1188,71 @@ impl<'a> State<'a> {
             reshape: self.allow_reshape,
             ..Default::default()
         };
-        let context = self.matched_context(blocks.iter().flat_map(|b| b.source.iter().copied()));
+        let context = Self::matched_context(
+            &self.s,
+            &self.t,
+            &self.st.node_pairs,
+            blocks.iter().flat_map(|b| b.source.iter().copied()),
+        );
         let lists = score_tensor::top_candidates_from(fs, ft, &blocks, &options, Some(&context))?;
+        // The same from the target side: a pair either side ranks high is kept, so that a
+        // source whose own top k is filled by look-alikes elsewhere still meets the target
+        // it competes for (the exact scores then see the tie).
+        let inverse: HashMap<usize, usize> =
+            self.st.node_pairs.iter().map(|(&a, &b)| (b, a)).collect();
+        let reverse_blocks: Vec<Block> = blocks
+            .iter()
+            .map(|b| Block {
+                source: b.target.clone(),
+                target: b.source.clone(),
+            })
+            .collect();
+        let reverse_context = Self::matched_context(
+            &self.t,
+            &self.s,
+            &inverse,
+            reverse_blocks.iter().flat_map(|b| b.source.iter().copied()),
+        );
+        let reverse = score_tensor::top_candidates_from(
+            ft,
+            fs,
+            &reverse_blocks,
+            &options,
+            Some(&reverse_context),
+        )?;
+        // Per source tensor: the target tensors that ranked it among their best.
+        let mut chosen_by: HashMap<usize, Vec<usize>> = HashMap::new();
+        for (ti, list) in reverse.iter().enumerate() {
+            for c in list {
+                chosen_by.entry(c.target).or_default().push(ti);
+            }
+        }
+        let k = options.k;
         Ok(left_s
             .par_iter()
             .zip(exact_rows.par_iter())
             .map(|(&su, exact)| {
-                let mut cands: Vec<usize> = self.s.units[su]
+                let free: Vec<usize> = self.s.units[su]
                     .tensors
                     .iter()
-                    .filter(|x| !taken_s.contains(&x.1))
-                    .flat_map(|&(_, si)| lists[si].iter())
-                    .filter_map(|c| col_of.get(&c.target).copied())
+                    .map(|x| x.1)
+                    .filter(|si| !taken_s.contains(si))
+                    .collect();
+                // Where the approximate score could not tell many targets apart, its
+                // top k is an arbitrary few of them, which would hide the ties the exact
+                // scores must see: that unit gets the exact search's list.
+                if free.iter().any(|&si| score_tensor::ties_cut(&lists[si], k)) {
+                    return self.nearest_in_context(su, exact.clone(), left_t);
+                }
+                let mut cands: Vec<usize> = free
+                    .iter()
+                    .flat_map(|&si| {
+                        lists[si]
+                            .iter()
+                            .map(|c| c.target)
+                            .chain(chosen_by.get(&si).into_iter().flatten().copied())
+                    })
+                    .filter_map(|ti| col_of.get(&ti).copied())
                     .filter(|k| exact.binary_search(k).is_ok())
                     .collect();
                 cands.sort_unstable();

@@ -113,6 +113,28 @@ impl Progress {
         self.bar.finish_and_clear();
     }
 
+    /// Runs `work`, a step that reports no progress of its own (a forward pass inside
+    /// libtorch), under a spinner for `stage`: a helper thread ticks it, so it appears once
+    /// the step has run for [`SHOW_AFTER`] and is erased when the step ends.
+    pub fn while_running<T>(stage: &str, work: impl FnOnce() -> T) -> T {
+        let p = Self::spinner(stage);
+        let done = AtomicBool::new(false);
+        let out = std::thread::scope(|scope| {
+            scope.spawn(|| {
+                while !done.load(Ordering::Relaxed) {
+                    p.maybe_show();
+                    p.bar.tick();
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            });
+            let out = work();
+            done.store(true, Ordering::Relaxed);
+            out
+        });
+        p.finish();
+        out
+    }
+
     fn maybe_show(&self) {
         if self.allowed
             && !self.shown.load(Ordering::Relaxed)
@@ -148,6 +170,19 @@ mod tests {
             "a bar that is not allowed must never be drawn"
         );
         p.finish();
+    }
+
+    #[test]
+    fn while_running_returns_what_the_work_returns() {
+        // Bars are hidden in tests (stderr is not a terminal); the work runs once and its
+        // value comes back, after the ticking helper has stopped.
+        let mut runs = 0;
+        let v = Progress::while_running("tracing", || {
+            runs += 1;
+            std::thread::sleep(Duration::from_millis(250));
+            42
+        });
+        assert_eq!((v, runs), (42, 1));
     }
 
     #[test]

@@ -137,7 +137,9 @@ pub(crate) fn run<'a>(m: &'a Mapper, opts: &SuggestOptions) -> Result<(MappingRe
     let incompat = Incompat::new(&m.options.incompatible);
 
     // 2. Structure.
-    let st = Matcher::new(&s, &t, use_names, &incompat).run();
+    let st = Progress::while_running("matching", || {
+        Matcher::new(&s, &t, use_names, &incompat).run()
+    });
     let mut state = State {
         s,
         t,

@@ -255,6 +255,7 @@ pub fn read_sharded(index_path: &Path) -> Result<ModelSpec> {
     let dir = index_path.parent().unwrap_or(Path::new("."));
     // Shards in order of first mention, each header read once.
     let mut shards: Vec<(String, Header)> = Vec::new();
+    let progress = crate::progress::Progress::new(weight_map.len() as u64, "reading");
     let mut order: Vec<(String, usize)> = Vec::with_capacity(weight_map.len());
     for (name, shard) in weight_map {
         let shard = shard.as_str().ok_or_else(|| {
@@ -280,7 +281,9 @@ pub fn read_sharded(index_path: &Path) -> Result<ModelSpec> {
             }
         };
         order.push((name.clone(), si));
+        progress.inc(1);
     }
+    progress.finish();
     let mut spec = ModelSpec {
         path: index_path.display().to_string(),
         format: Format::SafetensorsSharded,

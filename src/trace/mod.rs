@@ -201,7 +201,8 @@ impl ScriptModule {
     /// device) and records the first outermost op that takes each tensor.
     pub fn trace(&self, inputs: &[InputSpec]) -> Result<ExecutionOrder> {
         let tensors = make_inputs(inputs, self.device())?;
-        let uses = self.dynamic_uses(&tensors)?;
+        let uses =
+            crate::progress::Progress::while_running("tracing", || self.dynamic_uses(&tensors))?;
         // Tensor identity cannot tell tied names apart; the graph can. Its order of first use
         // per name decides which name each use of a tied tensor is attributed to. Without a
         // graph (a failing walk) the state-dict order stands in.
@@ -215,7 +216,7 @@ impl ScriptModule {
 
     /// Static order: the first use of each tensor in the inlined `forward` graph.
     pub fn static_order(&self) -> Result<ExecutionOrder> {
-        let uses = self.static_uses()?;
+        let uses = crate::progress::Progress::while_running("tracing", || self.static_uses())?;
         Ok(self.build_order(OrderMode::Static, &uses.uses, &[]))
     }
 

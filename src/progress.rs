@@ -120,15 +120,17 @@ impl Progress {
         let p = Self::spinner(stage);
         let done = AtomicBool::new(false);
         let out = std::thread::scope(|scope| {
-            scope.spawn(|| {
-                while !done.load(Ordering::Relaxed) {
+            let ticker = scope.spawn(|| {
+                while !done.load(Ordering::Acquire) {
                     p.maybe_show();
                     p.bar.tick();
-                    std::thread::sleep(Duration::from_millis(100));
+                    std::thread::park_timeout(Duration::from_millis(100));
                 }
             });
             let out = work();
-            done.store(true, Ordering::Relaxed);
+            done.store(true, Ordering::Release);
+            // Wake the ticker now rather than after its sleep: short steps cost nothing.
+            ticker.thread().unpark();
             out
         });
         p.finish();

@@ -399,6 +399,25 @@ fn batched_search_maps_a_flattened_target_without_a_wrong_pair() {
     // Past 64 candidates per unit, auto is the batched search.
     assert_eq!(auto.scoring.search, "batched");
     assert_eq!(auto.mappings, batched.mappings);
+    // The batched score on CUDA gives the same mapping as on the CPU (where a GPU exists).
+    match weightmap::score_tensor::parse_device("cuda") {
+        Ok(device) => {
+            let options = weightmap::mapper::MapperOptions {
+                candidates: weightmap::mapper::CandidateSearch::Batched,
+                device,
+                ..Default::default()
+            };
+            let mut on_cuda =
+                weightmap::mapper::Mapper::new(source.clone(), target.clone(), options)
+                    .unwrap()
+                    .suggest_mapping(&weightmap::mapper::SuggestOptions::default())
+                    .unwrap();
+            assert_eq!(on_cuda.scoring.device, "cuda:0");
+            on_cuda.scoring = batched.scoring.clone();
+            assert_eq!(on_cuda, batched, "CUDA and CPU mappings differ");
+        }
+        Err(e) => eprintln!("CUDA comparison skipped: {e}"),
+    }
     // Whatever is left is the layer norms, which the names mislead about.
     let unmatched: Vec<&str> = batched
         .unmatched_source

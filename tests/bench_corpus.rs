@@ -22,6 +22,18 @@ fn python() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python")
 }
 
+/// The corpus' case folders (those with a case.json), sorted; at least one.
+fn cases(bench: &Path) -> Vec<PathBuf> {
+    let mut cases: Vec<PathBuf> = std::fs::read_dir(bench.join("corpus"))
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("case.json").exists())
+        .collect();
+    cases.sort();
+    assert!(!cases.is_empty(), "no case.json in {}", bench.display());
+    cases
+}
+
 #[test]
 fn corpus_cases_score_perfect_precision() {
     let bench = bench_dir();
@@ -33,13 +45,7 @@ fn corpus_cases_score_perfect_precision() {
         );
         return;
     }
-    let mut cases: Vec<PathBuf> = std::fs::read_dir(bench.join("corpus"))
-        .unwrap()
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.join("case.json").exists())
-        .collect();
-    cases.sort();
-    assert!(!cases.is_empty());
+    let cases = cases(&bench);
     let tmp = tempfile::tempdir().unwrap();
     let mut failures = vec![];
     for case in &cases {
@@ -143,12 +149,7 @@ fn batched_candidates_give_the_exact_mapping() {
         eprintln!("skipping: no corpus at {}", bench.display());
         return;
     }
-    let mut cases: Vec<PathBuf> = std::fs::read_dir(bench.join("corpus"))
-        .unwrap()
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.join("case.json").exists())
-        .collect();
-    cases.sort();
+    let cases = cases(&bench);
     let none = weightmap::mapper::TensorOrder {
         kind: weightmap::mapper::OrderKind::None,
         names: vec![],

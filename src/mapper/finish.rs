@@ -238,14 +238,7 @@ pub(crate) fn run<'a>(m: &'a Mapper, opts: &SuggestOptions) -> Result<(MappingRe
         .par_iter()
         .filter_map(|p| {
             let (transform, flag) = state.transform_of(p, &evidence);
-            let ctx = state.pair_context(p.s, p.t);
-            let b = score_pair(
-                &state.s.feats[p.s],
-                &state.t.feats[p.t],
-                &ctx,
-                &state.weights,
-                allow_reshape,
-            )?;
+            let b = state.pair_score(p.s, p.t)?;
             Some((p.clone(), transform, flag, b))
         })
         .collect();
@@ -542,6 +535,31 @@ impl<'a> State<'a> {
         (detail, worst)
     }
 
+    /// The exact score of source tensor `si` against target tensor `ti` in the structure
+    /// matched so far (`None` when they are not candidates).
+    fn pair_score(&self, si: usize, ti: usize) -> Option<ScoreBreakdown> {
+        let ctx = self.pair_context(si, ti);
+        score_pair(
+            &self.s.feats[si],
+            &self.t.feats[ti],
+            &ctx,
+            &self.weights,
+            self.allow_reshape,
+        )
+    }
+
+    /// A bound [`Self::pair_score`]'s total never exceeds, without the string metrics.
+    fn pair_upper_bound(&self, si: usize, ti: usize) -> Option<f64> {
+        let ctx = self.pair_context(si, ti);
+        score_upper_bound(
+            &self.s.feats[si],
+            &self.t.feats[ti],
+            &ctx,
+            &self.weights,
+            self.allow_reshape,
+        )
+    }
+
     /// Module context and local order ranks of a pair.
     pub(crate) fn pair_context(&self, si: usize, ti: usize) -> PairContext {
         let (mut count, mut agree) = (0usize, 0usize);
@@ -611,21 +629,10 @@ impl<'a> State<'a> {
         limit: Option<usize>,
         exclude: Option<usize>,
     ) -> Vec<(usize, ScoreBreakdown)> {
-        let sf = &self.s.feats[si];
         let chosen = self.candidate_targets(si, limit, exclude);
         let mut out: Vec<(usize, ScoreBreakdown)> = chosen
             .into_iter()
-            .filter_map(|ti| {
-                let ctx = self.pair_context(si, ti);
-                score_pair(
-                    sf,
-                    &self.t.feats[ti],
-                    &ctx,
-                    &self.weights,
-                    self.allow_reshape,
-                )
-                .map(|b| (ti, b))
-            })
+            .filter_map(|ti| self.pair_score(si, ti).map(|b| (ti, b)))
             .collect();
         out.sort_by(|a, b| b.1.total.total_cmp(&a.1.total).then(a.0.cmp(&b.0)));
         out
@@ -675,21 +682,10 @@ impl<'a> State<'a> {
     /// [`Self::scored_candidates`], but candidates whose upper bound cannot reach the
     /// ones kept are never scored exactly (one call per match: it adds up at scale).
     fn alternatives(&self, si: usize, ti: usize) -> Vec<(usize, ScoreBreakdown)> {
-        let sf = &self.s.feats[si];
         let mut bounded: Vec<(usize, f64)> = self
             .candidate_targets(si, Some(MAX_ALTERNATIVES_SCORED), Some(ti))
             .into_iter()
-            .filter_map(|t| {
-                let ctx = self.pair_context(si, t);
-                score_upper_bound(
-                    sf,
-                    &self.t.feats[t],
-                    &ctx,
-                    &self.weights,
-                    self.allow_reshape,
-                )
-                .map(|b| (t, b))
-            })
+            .filter_map(|t| self.pair_upper_bound(si, t).map(|b| (t, b)))
             .collect();
         bounded.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         let mut out: Vec<(usize, ScoreBreakdown)> = vec![];
@@ -701,14 +697,7 @@ impl<'a> State<'a> {
                     break;
                 }
             }
-            let ctx = self.pair_context(si, t);
-            if let Some(b) = score_pair(
-                sf,
-                &self.t.feats[t],
-                &ctx,
-                &self.weights,
-                self.allow_reshape,
-            ) {
+            if let Some(b) = self.pair_score(si, t) {
                 out.push((t, b));
                 out.sort_by(|a, b| b.1.total.total_cmp(&a.1.total).then(a.0.cmp(&b.0)));
             }
@@ -750,15 +739,8 @@ impl<'a> State<'a> {
                     .then_some(&b_free[0])
             });
             if let Some(&(_, ti)) = hit {
-                let ctx = self.pair_context(si, ti);
                 // A shared role whose shapes disagree makes the modules different kinds.
-                let sc = score_pair(
-                    &self.s.feats[si],
-                    &self.t.feats[ti],
-                    &ctx,
-                    &self.weights,
-                    self.allow_reshape,
-                )?;
+                let sc = self.pair_score(si, ti)?;
                 total += sc.total;
                 pairs.push((si, ti));
             }
@@ -1415,15 +1397,7 @@ impl<'a> State<'a> {
             .iter()
             .filter_map(|&j| {
                 let (si, ti) = if is_source { (i, j) } else { (j, i) };
-                let ctx = self.pair_context(si, ti);
-                score_pair(
-                    &self.s.feats[si],
-                    &self.t.feats[ti],
-                    &ctx,
-                    &self.weights,
-                    self.allow_reshape,
-                )
-                .map(|b| (j, b.total))
+                self.pair_score(si, ti).map(|b| (j, b.total))
             })
             .max_by(|a, b| a.1.total_cmp(&b.1).then(b.0.cmp(&a.0)));
         let Some((j, _)) = best else {

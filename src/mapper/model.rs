@@ -195,6 +195,17 @@ impl<'a> SideModel<'a> {
             .map(|t| TensorFeatures::new(&t.name, &t.leaf, &t.shape, &t.dtype, t.depth))
             .collect();
         let default_kind = default_order_kind(spec.format);
+        // The file's key order as weak positions; none for sorted safetensors keys.
+        let file_positions = || -> Vec<Option<f64>> {
+            if default_kind == OrderKind::NamesOnly {
+                vec![None; n]
+            } else {
+                spec.tensors
+                    .iter()
+                    .map(|t| Some(t.position as f64))
+                    .collect()
+            }
+        };
         let (order_kind, pos, exec) = match order {
             Some(o) => {
                 let by_name: HashMap<&str, usize> = o
@@ -214,17 +225,7 @@ impl<'a> SideModel<'a> {
                     })
                     .collect();
                 match o.kind {
-                    OrderKind::Dynamic | OrderKind::Static => {
-                        let pos = if default_kind == OrderKind::NamesOnly {
-                            vec![None; n]
-                        } else {
-                            spec.tensors
-                                .iter()
-                                .map(|t| Some(t.position as f64))
-                                .collect()
-                        };
-                        (o.kind, pos, ranks)
-                    }
+                    OrderKind::Dynamic | OrderKind::Static => (o.kind, file_positions(), ranks),
                     OrderKind::Registration | OrderKind::File => (
                         o.kind,
                         ranks.iter().map(|r| r.map(|x| x as f64)).collect(),
@@ -235,17 +236,7 @@ impl<'a> SideModel<'a> {
                     }
                 }
             }
-            None => {
-                let pos = if default_kind == OrderKind::NamesOnly {
-                    vec![None; n]
-                } else {
-                    spec.tensors
-                        .iter()
-                        .map(|t| Some(t.position as f64))
-                        .collect()
-                };
-                (default_kind, pos, vec![None; n])
-            }
+            None => (default_kind, file_positions(), vec![None; n]),
         };
 
         // Units: a module's role tensors together; bare parameters alone.

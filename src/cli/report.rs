@@ -73,8 +73,8 @@ pub struct MappingFlags {
     /// each has at most 64 same-shape candidates, batched beyond), exact (score every
     /// same-shape candidate), batched (top-k by a batched tensor score on --device, then
     /// exact scores for those).
-    #[arg(long, default_value = "auto", value_name = "SEARCH")]
-    pub candidates: String,
+    #[arg(long, default_value = "auto", value_name = "SEARCH", value_parser = parse_candidates)]
+    pub candidates: CandidateSearch,
     /// Which order tells look-alikes apart: auto (dynamic with --input, else static, else
     /// registration; a checkpoint's key order), dynamic (needs --input), static,
     /// registration, or none (names and shapes only: measures what order adds).
@@ -90,6 +90,10 @@ pub struct MappingFlags {
     pub source_order: Option<PathBuf>,
 }
 
+fn parse_candidates(text: &str) -> Result<CandidateSearch, String> {
+    text.parse().map_err(|e: weightmap::Error| e.to_string())
+}
+
 fn parse_input(text: &str) -> Result<InputSpec, String> {
     text.parse().map_err(|e: weightmap::Error| e.to_string())
 }
@@ -102,7 +106,6 @@ impl MappingFlags {
             Some(w) => w.parse()?,
             None => ScoreWeights::default(),
         };
-        self.candidates.parse::<CandidateSearch>()?;
         let opts = SuggestOptions {
             threshold: self.threshold,
             strategy: self.strategy.parse()?,
@@ -156,7 +159,7 @@ impl MappingFlags {
                 Some(file) => Some(order_from_file(file, &source)?),
                 None => self.order_of(source_path, &[], device)?,
             },
-            candidates: self.candidates.parse()?,
+            candidates: self.candidates,
             device,
         };
         Ok(Mapper::new(source, target, options)?)

@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # Sets everything up (idempotent) and runs every test: formatting, lints, unit and
-# integration tests (real PyTorch from .venv is the oracle in several of them).
+# integration tests (real PyTorch from .venv is the oracle in several of them), with the
+# default features and without libtorch (`--no-default-features`: the header-only core).
+# WEIGHTMAP_FULL_TESTS=1 (set by .ci/run) makes a missing test prerequisite a failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 cargo fmt --check
 cargo clippy --all-targets -- -D warnings
+cargo clippy --all-targets --no-default-features -- -D warnings
 cargo test --no-fail-fast -- --test-threads 2
+cargo test --no-default-features --no-fail-fast -- --test-threads 2

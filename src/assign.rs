@@ -8,6 +8,7 @@
 //! best alternative its row or column had, which callers use as confidence and to
 //! refuse ties.
 
+use ndarray::Array2;
 use std::collections::HashMap;
 
 /// Score given to non-candidate cells of a block's dense matrix: low enough that the
@@ -95,17 +96,19 @@ fn solve_block(block: &[Edge]) -> Vec<(usize, usize, f64)> {
     }
     let ri: HashMap<usize, usize> = rows.iter().enumerate().map(|(i, &r)| (r, i)).collect();
     let ci: HashMap<usize, usize> = cols.iter().enumerate().map(|(i, &c)| (c, i)).collect();
-    let mut m = vec![NOT_A_CANDIDATE; rows.len() * cols.len()];
+    let mut m = Array2::from_elem((rows.len(), cols.len()), NOT_A_CANDIDATE);
     for e in block {
-        let cell = &mut m[ri[&e.row] * cols.len() + ci[&e.col]];
+        let cell = &mut m[[ri[&e.row], ci[&e.col]]];
         *cell = cell.max(e.score);
     }
-    match lsap::solve(rows.len(), cols.len(), &m, true) {
+    // lsap takes the matrix flattened row by row: the standard layout's own order.
+    let flat: Vec<f64> = m.iter().copied().collect();
+    match lsap::solve(rows.len(), cols.len(), &flat, true) {
         Ok((r, c)) => r
             .into_iter()
             .zip(c)
-            .filter(|&(i, j)| m[i * cols.len() + j] > NOT_A_CANDIDATE)
-            .map(|(i, j)| (rows[i], cols[j], m[i * cols.len() + j]))
+            .filter(|&(i, j)| m[[i, j]] > NOT_A_CANDIDATE)
+            .map(|(i, j)| (rows[i], cols[j], m[[i, j]]))
             .collect(),
         // The solver only fails on NaN or infinite input, which scores never are; fall
         // back to greedy rather than lose the block.

@@ -1,23 +1,25 @@
 //! weightmap works out how the weights of one PyTorch model map onto another, explains
 //! why, writes the adapted checkpoint, and proves it loads and runs.
 //!
-//! The pipeline, one module a stage:
-//! [`read`] → [`normalize`] → [`spec`] → [`trace`] → [`score`] (with [`score_tensor`] for
-//! batched candidates) → [`assign`] → [`mapper`] (the API that runs them) → [`report`] →
-//! [`apply`] → [`verify`]. [`progress`] draws progress bars for the slow stages.
+//! The crate reads one way, each layer importing only those above it:
+//! - **the data every stage hands on**: [`error`], [`device`], [`dtype`], [`input`]
+//!   (dummy inputs of a forward pass), [`spec`] (a
+//!   model's state dict described without tensor data), [`progress`], [`output`] (atomic
+//!   output files);
+//! - **shared layers**, which know no stage: [`format`] (pickle, `torch.save` zips,
+//!   safetensors, JSON, read and write together) and `libtorch` (the FFI, devices, dummy
+//!   inputs; behind the default cargo feature `libtorch`);
+//! - **the stages**: [`read`] → [`normalize`] → [`trace`] → [`score`] → [`assign`] →
+//!   [`mapper`] (the engine that runs them on two model specs) → [`pipeline`] (the policy
+//!   "map these two files", exactly what `weightmap map` does) → [`report`] → [`apply`] →
+//!   [`verify`] (with libtorch).
 //!
 //! ```no_run
-//! use weightmap::mapper::{Mapper, MapperOptions, SuggestOptions};
-//! use weightmap::ReadOptions;
+//! use weightmap::pipeline::{map_files, MapRequest};
 //! use std::path::Path;
 //!
-//! let mapper = Mapper::from_paths(
-//!     Path::new("old.pth"),
-//!     Path::new("new_model.pt"),
-//!     &ReadOptions::default(),
-//!     MapperOptions::default(),
-//! )?;
-//! let result = mapper.suggest_mapping(&SuggestOptions::default())?;
+//! let request = MapRequest::new(Path::new("old.pth"), Path::new("new_model.pt"));
+//! let result = map_files(&request)?;
 //! for m in &result.mappings {
 //!     println!("{} -> {} ({:.2})", m.source, m.target, m.score);
 //! }
@@ -25,20 +27,32 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod device;
+pub mod dtype;
+pub mod error;
+pub mod input;
+pub mod output;
+pub mod progress;
+pub mod spec;
+
+pub mod format;
+#[cfg(feature = "libtorch")]
+pub mod libtorch;
+
 pub mod apply;
 pub mod assign;
-pub mod error;
 pub mod mapper;
 pub mod normalize;
-pub mod progress;
+pub mod pipeline;
 pub mod read;
 pub mod report;
 pub mod score;
-pub mod score_tensor;
-pub mod spec;
 pub mod trace;
+#[cfg(feature = "libtorch")]
 pub mod verify;
 
+pub use device::Device;
 pub use error::{Error, Result};
-pub use read::{read_model, ReadOptions};
+pub use normalize::read_model;
+pub use read::ReadOptions;
 pub use spec::{Format, ModelSpec, TensorInfo, TensorKind};

@@ -23,10 +23,12 @@ enum Command {
     /// Work out which source tensor goes to which target tensor, and why.
     Map(cli::map::Args),
     /// Record the execution order of a TorchScript model's parameters and buffers.
+    #[cfg(feature = "libtorch")]
     Trace(cli::trace::Args),
     /// Write the adapted checkpoint under the target's names.
     Apply(cli::apply::Args),
     /// Load a checkpoint into a TorchScript target and run it.
+    #[cfg(feature = "libtorch")]
     Verify(cli::verify::Args),
     /// Show module hierarchies side by side.
     Tree(cli::tree::Args),
@@ -47,8 +49,10 @@ fn main() {
     let result = match cli.command {
         Command::Inspect(a) => cli::inspect::run(a),
         Command::Map(a) => cli::map::run(a),
+        #[cfg(feature = "libtorch")]
         Command::Trace(a) => cli::trace::run(a),
         Command::Apply(a) => cli::apply::run(a),
+        #[cfg(feature = "libtorch")]
         Command::Verify(a) => cli::verify::run(a),
         Command::Tree(a) => cli::tree::run(a),
         Command::Explain(a) => cli::explain::run(a),

@@ -4,7 +4,21 @@
 //! (a LightningModule holding the network as `self.model`), also stacked
 //! (`module._orig_mod.`).
 
+use crate::error::Result;
+use crate::read::{read_raw, ReadOptions};
 use crate::spec::ModelSpec;
+use std::path::Path;
+
+/// Reads `path` into a model spec (names, shapes, dtypes, order, no tensor data), then
+/// strips wrapper prefixes unless `options.keep_prefixes`: the model as the rest of the
+/// pipeline sees it.
+pub fn read_model(path: &Path, options: &ReadOptions) -> Result<ModelSpec> {
+    let mut spec = read_raw(path, options)?;
+    if !options.keep_prefixes {
+        strip_wrapper_prefixes(&mut spec);
+    }
+    Ok(spec)
+}
 
 /// Prefixes that wrappers add and that no model's own structure needs.
 pub const WRAPPER_PREFIXES: &[&str] = &["module.", "_orig_mod.", "_forward_module."];

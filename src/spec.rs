@@ -5,6 +5,7 @@
 //! path and leaf name of each tensor, groups of tensors by module, and the module tree.
 //! It serializes to JSON, and that JSON is itself accepted as a model everywhere.
 
+use crate::dtype::DType;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -176,15 +177,7 @@ pub fn split_name(name: &str) -> (&str, &str) {
 
 /// Size in bytes of one element of a torch dtype name; 0 when unknown.
 pub fn dtype_size(dtype: &str) -> usize {
-    match dtype {
-        "float64" | "int64" | "complex64" | "uint64" => 8,
-        "float32" | "int32" | "uint32" => 4,
-        "float16" | "bfloat16" | "int16" | "uint16" => 2,
-        "int8" | "uint8" | "bool" | "float8_e4m3fn" | "float8_e5m2" | "float8_e4m3fnuz"
-        | "float8_e5m2fnuz" | "float8_e8m0fnu" => 1,
-        "complex128" => 16,
-        _ => 0,
-    }
+    DType::parse(dtype).map_or(0, DType::size)
 }
 
 /// A model's state dict, described without tensor data.

@@ -15,13 +15,17 @@
 
 use crate::apply::mapping::Mapping;
 use crate::apply::{TensorData, TRANSFORMS_METADATA_KEY};
+use crate::device::Device;
 use crate::error::{Error, Result};
+use crate::libtorch::ffi::EntryKind;
+use crate::libtorch::{inputs::make_inputs, kind_of, ScriptModule, StateEntry};
+use crate::read::script_module;
 use crate::spec::{Format, ModelSpec, TensorInfo, TensorKind};
-use crate::trace::{make_inputs, InputSpec, ScriptModule};
+use crate::trace::InputSpec;
 use serde::Serialize;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
 /// Default tolerance of the output comparison (atol = rtol), as `bench/score.py` uses.
 pub const DEFAULT_TOLERANCE: f64 = 1e-4;
@@ -147,31 +151,10 @@ pub struct VerifyReport {
     pub pass: bool,
 }
 
-/// The tch kind of a torch dtype name.
-pub fn kind_of(dtype: &str) -> Option<Kind> {
-    Some(match dtype {
-        "float32" => Kind::Float,
-        "float64" => Kind::Double,
-        "float16" => Kind::Half,
-        "bfloat16" => Kind::BFloat16,
-        "int64" => Kind::Int64,
-        "int32" => Kind::Int,
-        "int16" => Kind::Int16,
-        "int8" => Kind::Int8,
-        "uint8" => Kind::Uint8,
-        "bool" => Kind::Bool,
-        "complex64" => Kind::ComplexFloat,
-        "complex128" => Kind::ComplexDouble,
-        "float8_e4m3fn" => Kind::Float8e4m3fn,
-        "float8_e5m2" => Kind::Float8e5m2,
-        _ => return None,
-    })
-}
-
 fn torch_err(context: &Path, e: tch::TchError) -> Error {
     Error::Torch {
         context: context.display().to_string(),
-        message: crate::trace::ffi::one_line(&e.to_string()),
+        message: crate::libtorch::ffi::one_line(&e.to_string()),
     }
 }
 
@@ -201,7 +184,7 @@ struct LoadResult {
 fn load_into(module: &ScriptModule, checkpoint: &ModelSpec, path: &Path) -> Result<LoadResult> {
     let data = TensorData::open(checkpoint)?;
     let mut targets: HashMap<String, Tensor> = module.named_tensors().into_iter().collect();
-    let entries: HashMap<&str, &crate::trace::StateEntry> = module
+    let entries: HashMap<&str, &StateEntry> = module
         .state_entries()
         .iter()
         .map(|e| (e.name.as_str(), e))
@@ -332,7 +315,7 @@ pub fn verify(
 ) -> Result<VerifyReport> {
     let device = options.device.unwrap_or(Device::Cpu);
     let checkpoint_path = PathBuf::from(&checkpoint.path);
-    let module = ScriptModule::load(target, device)?;
+    let module = script_module(target, device)?;
     let load = load_into(&module, checkpoint, &checkpoint_path)?;
 
     // MISSING: state-dict tensors of the target not loaded, directly or through a tie.
@@ -357,13 +340,13 @@ pub fn verify(
             continue;
         }
         let ok = allowed(&e.name, &options.allow_new);
-        if e.kind == TensorKind::Parameter && !ok {
+        if e.kind == EntryKind::Parameter && !ok {
             uncovered.push(e.name.clone());
         }
         if !mismatched.contains(e.name.as_str()) {
             missing.push(MissingTensor {
                 name: e.name.clone(),
-                kind: e.kind,
+                kind: crate::read::torchscript::tensor_kind(e.kind),
                 allowed: ok,
             });
         }
@@ -407,9 +390,9 @@ pub fn verify(
         if !is_finite(out) {
             forward_error = Some("the target's output has NaN or infinite values".into());
         } else if let Some(source_path) = &options.source_model {
-            let source = ScriptModule::load(source_path, device)?;
+            let source = script_module(source_path, device)?;
             if let Some(ckpt) = &options.source_checkpoint {
-                let spec = crate::read::read_model(ckpt, &Default::default())?;
+                let spec = crate::normalize::read_model(ckpt, &Default::default())?;
                 let r = load_into(&source, &spec, ckpt)?;
                 if let Some(m) = r.mismatched.iter().find(|m| !m.loaded_with_cast) {
                     return Err(Error::Mismatch {
@@ -522,7 +505,7 @@ fn transformed_tensors(
     if checkpoint.format != Format::Safetensors {
         return vec![];
     }
-    let Ok(header) = crate::read::safetensors::read_header(Path::new(&checkpoint.path)) else {
+    let Ok(header) = crate::format::safetensors::read_header(Path::new(&checkpoint.path)) else {
         return vec![];
     };
     let Some(text) = header

@@ -9,7 +9,7 @@
 //! directory.
 
 use crate::error::{Error, Result};
-use crate::read::torch_zip::{self, ArchiveLayout};
+use crate::format::torch_zip::{self, ArchiveLayout};
 use crate::spec::{dtype_size, DataLocation, ModelSpec, TensorInfo};
 use std::collections::HashMap;
 use std::fs::File;
@@ -348,7 +348,7 @@ impl TensorData {
                             ),
                         ));
                     }
-                    super::output::start_writeback(out, at, n);
+                    crate::output::start_writeback(out, at, n);
                     at += n;
                     done += n;
                 }
@@ -362,7 +362,7 @@ impl TensorData {
                     hasher.update(&buf[..n]);
                     out.write_all(&buf[..n])
                         .map_err(|e| Error::io(out_path, e))?;
-                    super::output::start_writeback(out, at, n as u64);
+                    crate::output::start_writeback(out, at, n as u64);
                     at += n as u64;
                     done += n as u64;
                 }

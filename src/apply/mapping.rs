@@ -142,7 +142,7 @@ pub fn did_you_mean<'a>(key: &str, names: impl Iterator<Item = &'a str>) -> Stri
 impl Mapping {
     /// Reads a mapping file (flat or extended form, optionally wrapped in `{"mapping": ...}`).
     pub fn load(path: &Path) -> Result<Mapping> {
-        let value = crate::read::read_json(path)?;
+        let value = crate::format::json::read_json(path)?;
         Mapping::from_json(&value).map_err(|message| Error::corrupt(path, "mapping JSON", message))
     }
 

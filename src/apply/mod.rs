@@ -5,7 +5,7 @@
 //! Plain renames never hold a tensor in memory: bytes go from the source file to the
 //! output in bounded chunks (or file to file in the kernel). Only transformed tensors and
 //! strided views are read whole, one at a time. The output is written to a temporary file
-//! beside it and renamed into place when complete ([`output::OutputFile`]).
+//! beside it and renamed into place when complete ([`crate::output::OutputFile`]).
 //!
 //! A Lightning-style checkpoint (the state dict nested under a key, beside optimizer
 //! states, hyper-parameters, callbacks) written back as `.ckpt`/`.pth` keeps everything but
@@ -14,23 +14,20 @@
 
 pub mod data;
 pub mod mapping;
-pub mod output;
-pub mod pickle_writer;
 mod preserve;
-pub mod zip_writer;
 
 pub use data::TensorData;
 pub use mapping::{Mapping, MappingEntry, ResolvedEntry, Transform};
 
 use crate::error::{Error, Result};
+use crate::format::pickle_writer::{self, storage_class, TensorEntry};
+use crate::format::zip_writer::ZipWriter;
+use crate::output::OutputFile;
 use crate::spec::{dtype_size, DataLocation, Format, ModelSpec, TensorInfo};
 use data::{Bytes, CHUNK_BYTES};
-use output::OutputFile;
-use pickle_writer::{storage_class, TensorEntry};
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use zip_writer::ZipWriter;
 
 /// The format of the written checkpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -203,7 +200,7 @@ pub fn apply(
         let info = &source.tensors[t.source];
         let supported = match format {
             OutputFormat::Safetensors => {
-                crate::read::safetensors::safetensors_dtype(&info.dtype).is_some()
+                crate::format::safetensors::safetensors_dtype(&info.dtype).is_some()
             }
             OutputFormat::Pth => storage_class(&info.dtype).is_some(),
         };
@@ -335,7 +332,7 @@ fn write_safetensors(
         header.insert(
             t.name.clone(),
             serde_json::json!({
-                "dtype": crate::read::safetensors::safetensors_dtype(&info.dtype),
+                "dtype": crate::format::safetensors::safetensors_dtype(&info.dtype),
                 "shape": t.shape,
                 "data_offsets": [offset, offset + nbytes],
             }),

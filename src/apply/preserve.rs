@@ -2,16 +2,16 @@
 //! state-dict key strings in `data.pkl` change; every other entry (optimizer states,
 //! hyper-parameters, callbacks, loops, epoch) and every storage record is copied as it is.
 //!
-//! The key strings are re-encoded in place by [`crate::read::pickle::rewrite_strings`],
+//! The key strings are re-encoded in place by [`crate::format::pickle::rewrite_strings`],
 //! which keeps the pickle's memo intact; the zip entries are copied byte for byte with
 //! their CRCs, in file order, re-aligned as `torch.save` aligns them.
 
 use super::mapping::ResolvedEntry;
-use super::output::OutputFile;
-use super::zip_writer::ZipWriter;
 use super::{ApplySummary, TensorData};
 use crate::error::{Error, Result};
-use crate::read::{pickle, torch_zip};
+use crate::format::zip_writer::ZipWriter;
+use crate::format::{pickle, torch_zip};
+use crate::output::OutputFile;
 use crate::spec::ModelSpec;
 use std::collections::{HashMap, HashSet};
 

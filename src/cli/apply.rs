@@ -3,6 +3,7 @@
 use anyhow::Context;
 use std::path::{Path, PathBuf};
 use weightmap::apply::{self, ApplyOptions, Mapping, OutputFormat};
+use weightmap::pipeline::MapRequest;
 use weightmap::{read_model, ReadOptions};
 
 /// Flags of `weightmap apply`.
@@ -60,7 +61,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         (Some(path), _) => (Mapping::load(path)?, path.display().to_string()),
         (None, Some(target)) => {
             let target_path = args.target.as_deref().unwrap_or(Path::new(""));
-            let mapping = compute_mapping(&args.source, &source, target_path, target)?;
+            let mapping = compute_mapping(
+                &args.source,
+                &source,
+                target_path,
+                target,
+                args.state_dict_key.clone(),
+            )?;
             (mapping, "computed mapping".to_string())
         }
         (None, None) => {
@@ -125,16 +132,15 @@ fn compute_mapping(
     source: &weightmap::ModelSpec,
     target_path: &Path,
     target: &weightmap::ModelSpec,
+    state_dict_key: Option<String>,
 ) -> anyhow::Result<Mapping> {
-    use weightmap::mapper::{Mapper, MapperOptions, SuggestOptions};
-    let order_of = |path: &Path| super::report::auto_order(path, &[], tch::Device::Cpu);
-    let options = MapperOptions {
-        source_order: order_of(source_path),
-        target_order: order_of(target_path),
-        ..Default::default()
-    };
-    let result = Mapper::new(source.clone(), target.clone(), options)?
-        .suggest_mapping(&SuggestOptions::default())?;
+    let mut request = MapRequest::new(source_path, target_path);
+    request.read.state_dict_key = state_dict_key;
+    let prepared = weightmap::pipeline::prepare(&request)?;
+    for w in &prepared.warnings {
+        eprintln!("warning: {w}");
+    }
+    let result = prepared.mapper.suggest_mapping(&request.suggest)?;
     eprintln!(
         "mapped {} of {} source tensors onto {} target tensors (weightmap map shows why)",
         result.mappings.len(),

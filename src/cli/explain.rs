@@ -24,13 +24,13 @@ pub struct Args {
     pub json: bool,
     /// How the mapping is computed.
     #[command(flatten)]
-    pub flags: super::report::MappingFlags,
+    pub flags: super::flags::MappingFlags,
 }
 
 /// Runs `weightmap explain`.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let opts = args.flags.suggest_options()?;
-    let mapper = args.flags.mapper(&args.source, &args.target)?;
+    let (request, mapper) = args.flags.prepare(&args.source, &args.target)?;
+    let opts = request.suggest;
     let source = mapper.source();
     let known = source
         .tensors
@@ -59,7 +59,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             &explanation,
             &effective_weights(&opts),
             &ExplainOptions {
-                color: super::report::color_enabled(),
+                color: super::flags::color_enabled(),
                 alternatives: args.alternatives,
             },
         );

@@ -1,8 +1,7 @@
 //! `weightmap map`: works out which source tensor goes to which target tensor, and why.
 
-use super::report::MappingFlags;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use super::flags::{color_enabled, MappingFlags};
+use std::path::PathBuf;
 use weightmap::mapper::MappingResult;
 use weightmap::report::terminal::{map_to_text, MapTextOptions, Rows};
 
@@ -37,32 +36,15 @@ pub struct Args {
     pub all: bool,
 }
 
-/// Writes `value` as pretty JSON to `path` through a temporary file renamed into place.
-fn write_json(path: &Path, value: &serde_json::Value) -> anyhow::Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let mut tmp =
-        tempfile::NamedTempFile::new_in(dir).map_err(|e| weightmap::Error::io(path, e))?;
-    serde_json::to_writer_pretty(&mut tmp, value)?;
-    tmp.write_all(b"\n")
-        .map_err(|e| weightmap::Error::io(path, e))?;
-    tmp.persist(path)
-        .map_err(|e| weightmap::Error::io(path, e.error))?;
-    Ok(())
-}
-
 /// Runs `weightmap map`.
 pub fn run(args: Args) -> anyhow::Result<()> {
     weightmap::progress::set_quiet(args.quiet);
-    // Validate every flag before reading anything.
-    let opts = args.mapping.suggest_options()?;
-    let mapper = args.mapping.mapper(&args.source, &args.target)?;
-    let result = mapper.suggest_mapping(&opts)?;
+    // Every flag is validated before anything is read.
+    let (request, mapper) = args.mapping.prepare(&args.source, &args.target)?;
+    let result = mapper.suggest_mapping(&request.suggest)?;
 
     if let Some(path) = &args.output {
-        write_json(path, &result.to_mapping_json())?;
+        weightmap::format::json::write_json(path, &result.to_mapping_json())?;
     }
     // The full report costs seconds on large models: built only when asked for.
     let report = if args.report.is_some() || args.json {
@@ -71,7 +53,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         serde_json::Value::Null
     };
     if let Some(path) = &args.report {
-        write_json(path, &report)?;
+        weightmap::format::json::write_json(path, &report)?;
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -88,7 +70,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             map_to_text(
                 &result,
                 &MapTextOptions {
-                    color: super::report::color_enabled(),
+                    color: color_enabled(),
                     rows
                 }
             )

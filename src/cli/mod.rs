@@ -2,11 +2,14 @@
 
 pub mod apply;
 pub mod explain;
+pub mod flags;
 pub mod inspect;
 pub mod map;
 pub mod report;
+#[cfg(feature = "libtorch")]
 pub mod trace;
 pub mod tree;
+#[cfg(feature = "libtorch")]
 pub mod verify;
 
 /// Exit status for an error: 2 for bad arguments, 1 for everything else.

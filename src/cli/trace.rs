@@ -1,21 +1,20 @@
 //! `weightmap trace`: the order in which a TorchScript model uses its parameters and buffers.
 
+use super::flags::{DeviceFlag, InputFlags};
 use std::path::PathBuf;
-use weightmap::trace::{self, ExecutionOrder, InputSpec};
+use weightmap::trace::{self, ExecutionOrder};
 
 /// Flags of `weightmap trace`.
 #[derive(clap::Args)]
 pub struct Args {
     /// The TorchScript model (`torch.jit.save` / `torch.jit.trace` output).
     pub model: PathBuf,
-    /// A dummy input for forward, repeatable in argument order: SHAPE[:DTYPE[:LO-HI]], e.g.
-    /// 1x3x224x224, or 1x16:i64:0-1000 for token ids in [0, 1000). Floats default to standard
-    /// normal, integers to 0/1. Without --input the static order is used.
-    #[arg(long = "input", value_name = "SPEC", value_parser = parse_input)]
-    pub inputs: Vec<InputSpec>,
-    /// Where forward runs: cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu", value_name = "DEVICE")]
-    pub device: String,
+    /// Dummy inputs for forward; without them the static order is used.
+    #[command(flatten)]
+    pub inputs: InputFlags,
+    /// Where forward runs.
+    #[command(flatten)]
+    pub device: DeviceFlag,
     /// Read the order from the forward graph without running it (no inputs needed).
     #[arg(long = "static", conflicts_with = "inputs")]
     pub static_only: bool,
@@ -27,18 +26,16 @@ pub struct Args {
     pub json: bool,
 }
 
-fn parse_input(text: &str) -> Result<InputSpec, String> {
-    text.parse().map_err(|e: weightmap::Error| e.to_string())
-}
-
 /// Runs `weightmap trace`.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let device = trace::parse_device(&args.device)?;
-    let order = if !args.inputs.is_empty() {
+    let device = args.device.device;
+    weightmap::libtorch::check_device(device).map_err(super::flags::flag_names)?;
+    let inputs = &args.inputs.inputs;
+    let order = if !inputs.is_empty() {
         // Explicit inputs: a failing forward is an error here (the mapper falls back instead).
-        trace::trace(&args.model, &args.inputs, device)?
+        trace::trace(&args.model, inputs, device)?
     } else if args.static_only {
-        trace::ScriptModule::load(&args.model, device)?.static_order()?
+        weightmap::read::script_module(&args.model, device)?.static_order()?
     } else {
         trace::execution_order(&args.model, &[], device)?
     };

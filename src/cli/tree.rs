@@ -20,14 +20,14 @@ pub struct Args {
     pub mapping: Option<PathBuf>,
     /// How the mapping is computed when no --mapping is given.
     #[command(flatten)]
-    pub flags: super::report::MappingFlags,
+    pub flags: super::flags::MappingFlags,
 }
 
 /// Runs `weightmap tree`.
 pub fn run(args: Args) -> anyhow::Result<()> {
     let opts = TreeOptions {
         depth: args.depth,
-        color: super::report::color_enabled(),
+        color: super::flags::color_enabled(),
     };
     if args.depth == Some(0) {
         anyhow::bail!(weightmap::Error::invalid(
@@ -42,7 +42,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
         (Some(target), Some(mapping_path)) => {
             // Validate the flags the mapping file replaces all the same, so typos surface.
-            args.flags.suggest_options()?;
+            args.flags.request(&args.source, target)?;
             let read = weightmap::ReadOptions::default();
             let source = weightmap::read_model(&args.source, &read)?;
             let target = weightmap::read_model(target, &read)?;
@@ -56,10 +56,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             render_side_by_side(&source, &target, &pairs, &opts)
         }
         (Some(target), None) => {
-            let (source, target, result) =
-                super::report::compute_mapping(&args.flags, &args.source, target)?;
-            let pairs = pairs_from_result(&source, &target, &result);
-            render_side_by_side(&source, &target, &pairs, &opts)
+            let (request, mapper) = args.flags.prepare(&args.source, target)?;
+            let result = mapper.suggest_mapping(&request.suggest)?;
+            let pairs = pairs_from_result(mapper.source(), mapper.target(), &result);
+            render_side_by_side(mapper.source(), mapper.target(), &pairs, &opts)
         }
     };
     print!("{text}");

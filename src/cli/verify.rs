@@ -1,9 +1,9 @@
 //! `weightmap verify`: loads a checkpoint into a TorchScript target, reports what loaded,
 //! runs it and, with `--source-model`, compares its output with the source model's.
 
+use super::flags::{DeviceFlag, InputFlags};
 use std::path::PathBuf;
 use weightmap::apply::Mapping;
-use weightmap::trace::{parse_device, InputSpec};
 use weightmap::verify::{self, VerifyOptions, VerifyReport};
 use weightmap::{read_model, ReadOptions};
 
@@ -14,10 +14,9 @@ pub struct Args {
     pub checkpoint: PathBuf,
     /// The target model as TorchScript (torch.jit.save / torch.jit.trace).
     pub target: PathBuf,
-    /// A dummy input SHAPE[:DTYPE[:LO-HI]] (1x3x224x224, 1x16:i64:0-1000); repeat for
-    /// several inputs. Default: worked out from the target's first layer.
-    #[arg(long = "input", short = 'i')]
-    pub inputs: Vec<String>,
+    /// Dummy inputs; default: worked out from the target's first layer.
+    #[command(flatten)]
+    pub inputs: InputFlags,
     /// The source model as TorchScript: run it on the same inputs and compare outputs.
     #[arg(long)]
     pub source_model: Option<PathBuf>,
@@ -39,9 +38,9 @@ pub struct Args {
     /// Take the state dict from this nested key of the checkpoint.
     #[arg(long)]
     pub state_dict_key: Option<String>,
-    /// Device to run on: cpu, cuda, cuda:N.
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
+    /// Where the models run.
+    #[command(flatten)]
+    pub device: DeviceFlag,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -56,11 +55,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         )
         .into());
     }
-    let inputs = args
-        .inputs
-        .iter()
-        .map(|s| s.parse::<InputSpec>())
-        .collect::<Result<Vec<_>, _>>()?;
+    let inputs = args.inputs.inputs.clone();
     let checkpoint = read_model(
         &args.checkpoint,
         &ReadOptions {
@@ -76,7 +71,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         allow_new: args.allow_new.clone(),
         tolerance: Some(args.tolerance),
         mapping: args.mapping.as_deref().map(Mapping::load).transpose()?,
-        device: Some(parse_device(&args.device)?),
+        device: Some(args.device.device),
     };
     let report = verify::verify(&checkpoint, &args.target, &options)?;
     if args.json {

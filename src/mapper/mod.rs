@@ -20,18 +20,17 @@
 //!    apply; every tensor left over gets a reason.
 
 mod finish;
-mod fused;
-mod model;
+mod relations;
+mod side;
 mod structure;
 
+use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::read::{read_model, ReadOptions};
 use crate::score::ScoreBreakdown;
 use crate::score::ScoreWeights;
 use crate::spec::ModelSpec;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
-use std::path::Path;
 use std::str::FromStr;
 
 /// Default score threshold of [`Strategy::BestMatch`].
@@ -84,8 +83,8 @@ pub enum CandidateSearch {
     /// Every same-shape, same-role target unit is scored exactly (past
     /// [`MAX_EXACT_CANDIDATES`], the nearest in matched context are kept).
     Exact,
-    /// The batched approximate score of [`crate::score_tensor`] (tensor operations on the
-    /// chosen device, tiled by shape class) keeps the [`crate::score_tensor::DEFAULT_TOP_K`]
+    /// The batched approximate score of [`crate::score::batched`] (tensor operations on the
+    /// chosen device, tiled by shape class) keeps the [`crate::score::batched::DEFAULT_TOP_K`]
     /// best targets per source tensor; only those are scored exactly, in parallel.
     Batched,
 }
@@ -151,9 +150,9 @@ pub struct MapperOptions {
     pub target_order: Option<TensorOrder>,
     /// How candidates of leftover units are found.
     pub candidates: CandidateSearch,
-    /// Where the batched score runs (CPU, or a CUDA device from
-    /// [`crate::score_tensor::parse_device`]); the mapping is the same on every device.
-    pub device: tch::Device,
+    /// Where the batched score runs (checked before the engine runs); the mapping is the
+    /// same on every device.
+    pub device: Device,
 }
 
 impl Default for MapperOptions {
@@ -164,7 +163,7 @@ impl Default for MapperOptions {
             source_order: None,
             target_order: None,
             candidates: CandidateSearch::Auto,
-            device: tch::Device::Cpu,
+            device: Device::Cpu,
         }
     }
 }
@@ -740,18 +739,6 @@ impl Mapper {
         })
     }
 
-    /// A mapper from two files of any format [`read_model`] accepts.
-    pub fn from_paths(
-        source: &Path,
-        target: &Path,
-        read: &ReadOptions,
-        options: MapperOptions,
-    ) -> Result<Self> {
-        let s = read_model(source, read)?;
-        let t = read_model(target, read)?;
-        Mapper::new(s, t, options)
-    }
-
     /// The source model spec.
     pub fn source(&self) -> &ModelSpec {
         &self.source
@@ -810,57 +797,6 @@ impl From<&crate::trace::ExecutionOrder> for TensorOrder {
             names: o.order.iter().map(|e| e.name.clone()).collect(),
         }
     }
-}
-
-/// The order of the model at `path` for the mapper, when it is a TorchScript model: the
-/// trace stage's best order (dynamic with `inputs`, else static, else registration).
-/// `Ok(None)` for other formats (checkpoints carry only their key order).
-pub fn model_order(
-    path: &Path,
-    inputs: &[crate::trace::InputSpec],
-    device: tch::Device,
-) -> Result<Option<TensorOrder>> {
-    if crate::read::detect_format(path)? != crate::spec::Format::TorchScript {
-        return Ok(None);
-    }
-    let order = crate::trace::execution_order(path, inputs, device)?;
-    Ok(Some(TensorOrder::from(&order)))
-}
-
-/// The order saved at `path` by `weightmap trace -o` (see
-/// [`crate::trace::ExecutionOrder::read_json`]), for `spec`: an order traced once stands
-/// in for tracing again, and gives execution order to models that cannot be traced here
-/// (a model spec JSON, a checkpoint of a model traced elsewhere).
-///
-/// Errors: the file is not an order, or most of its names are not the model's tensors
-/// (it was traced from another model).
-pub fn order_from_file(path: &Path, spec: &ModelSpec) -> Result<TensorOrder> {
-    let order = TensorOrder::from(&crate::trace::ExecutionOrder::read_json(path)?);
-    let names: std::collections::HashSet<&str> = spec
-        .tensors
-        .iter()
-        .flat_map(|t| [t.name.as_str(), t.original_name.as_str()])
-        .collect();
-    // A trace of the same model names its own tensors (a few non-persistent buffers may be
-    // missing from a checkpoint); mostly foreign names mean another model, whose order
-    // would decide look-alikes wrongly.
-    let known = order
-        .names
-        .iter()
-        .filter(|n| names.contains(n.as_str()))
-        .count();
-    if order.names.is_empty() || known * 2 < order.names.len() {
-        return Err(Error::invalid(
-            "order file",
-            format!(
-                "{}: only {known} of its {} names are tensors of {}; it was traced from another model: trace this one with `weightmap trace MODEL -o FILE`",
-                path.display(),
-                order.names.len(),
-                spec.path
-            ),
-        ));
-    }
-    Ok(order)
 }
 
 /// Parses `--incompatible 'backbone,encoder:head,classifier'` (pairs separated by `;`).

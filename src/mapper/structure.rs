@@ -15,8 +15,8 @@
 //!
 //! Paired modules become new levels. Units left over go to the scored assignment.
 
-use super::fused::{split_of, Found};
-use super::model::{Item, SideModel, Strength};
+use super::relations::{split_of, Found};
+use super::side::{Item, SideModel, Strength};
 use super::{ManyToOne, ManyToOneKind, Resolution};
 use crate::assign::{assign, Edge};
 use crate::score::{local_name_similarity, tokenize, Token, RELATIONAL_AFTER, RELATIONAL_BEFORE};

@@ -6,13 +6,13 @@
 //! `code/` is a TorchScript archive, an 8-byte length followed by `{` is safetensors,
 //! and JSON is either a sharded-safetensors index (`weight_map`) or a model spec.
 
-pub mod pickle;
-pub mod safetensors;
-pub mod torch_zip;
 pub mod torchscript;
 
+pub use torchscript::script_module;
+
 use crate::error::{Error, Result};
-use crate::normalize;
+use crate::format::json::read_json;
+use crate::format::{safetensors, torch_zip};
 use crate::spec::{Format, ModelSpec};
 use std::io::Read;
 use std::path::Path;
@@ -23,7 +23,8 @@ pub struct ReadOptions {
     /// Pick this nested dict as the state dict instead of the detected one
     /// (e.g. `state_dict_ema`). Dotted paths reach deeper dicts (`model.ema`).
     pub state_dict_key: Option<String>,
-    /// Keep wrapper prefixes (`module.`, `_orig_mod.`, ...) instead of stripping them.
+    /// Keep wrapper prefixes (`module.`, `_orig_mod.`, ...) instead of stripping them
+    /// (the normalize stage's `read_model` strips them).
     pub keep_prefixes: bool,
 }
 
@@ -77,9 +78,6 @@ pub fn detect_format(path: &Path) -> Result<Format> {
     })
 }
 
-/// Largest JSON file (index or model spec) read whole; model specs of 100k tensors are ~30 MB.
-pub const MAX_JSON_BYTES: u64 = 1 << 30;
-
 fn json_kind(path: &Path) -> Result<Format> {
     let value = read_json(path)?;
     if value.get("weight_map").is_some() {
@@ -94,25 +92,9 @@ fn json_kind(path: &Path) -> Result<Format> {
     }
 }
 
-/// Reads a JSON file whole, bounded by [`MAX_JSON_BYTES`].
-pub(crate) fn read_json(path: &Path) -> Result<serde_json::Value> {
-    let len = std::fs::metadata(path)
-        .map_err(|e| Error::io(path, e))?
-        .len();
-    if len > MAX_JSON_BYTES {
-        return Err(Error::corrupt(
-            path,
-            "JSON",
-            format!("{len} bytes is larger than the {MAX_JSON_BYTES}-byte limit"),
-        ));
-    }
-    let text = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    serde_json::from_slice(&text).map_err(|e| Error::corrupt(path, "JSON", e.to_string()))
-}
-
-/// Reads `path` into a model spec (names, shapes, dtypes, order), then strips wrapper
-/// prefixes unless `options.keep_prefixes`.
-pub fn read_model(path: &Path, options: &ReadOptions) -> Result<ModelSpec> {
+/// Reads `path` into a model spec (names, shapes, dtypes, order) with the names as the
+/// file writes them; the normalize stage's `read_model` also strips wrapper prefixes.
+pub fn read_raw(path: &Path, options: &ReadOptions) -> Result<ModelSpec> {
     let format = detect_format(path)?;
     if let (Some(key), false) = (&options.state_dict_key, matches!(format, Format::TorchZip)) {
         return Err(Error::invalid(
@@ -124,7 +106,7 @@ pub fn read_model(path: &Path, options: &ReadOptions) -> Result<ModelSpec> {
             ),
         ));
     }
-    let mut spec = match format {
+    let spec = match format {
         Format::TorchZip => torch_zip::read(path, options.state_dict_key.as_deref())?,
         Format::TorchLegacy => {
             return Err(Error::Unsupported {
@@ -137,9 +119,6 @@ pub fn read_model(path: &Path, options: &ReadOptions) -> Result<ModelSpec> {
         Format::TorchScript => torchscript::read(path)?,
         Format::SpecJson => read_spec_json(path)?,
     };
-    if !options.keep_prefixes {
-        normalize::strip_wrapper_prefixes(&mut spec);
-    }
     Ok(spec)
 }
 

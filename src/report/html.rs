@@ -12,13 +12,13 @@
 //! element with id `wm-selftest` at the end of the body, which lets a headless browser
 //! test it.
 
-use crate::apply::output::OutputFile;
 use crate::error::{Error, Result};
 use crate::mapper::{
     Alternative, ManyToOne, MappingResult, Match, MatchType, ModelSummary, Resolution,
     ScoringSummary, Strategy, Transform, Unmatched, UnmatchedReason, CONSERVATIVE_MIN_MARGIN,
     CONSERVATIVE_MIN_SCORE,
 };
+use crate::output::OutputFile;
 use crate::report::terminal::{transform_name, SCORE_FAIR, SCORE_GOOD};
 use crate::report::tree::KNOWN_BUFFER_LEAVES;
 use crate::score::{
@@ -143,7 +143,7 @@ pub fn result_from_report_json(value: &Value, path: &Path) -> Result<MappingResu
 
 /// Reads a JSON report file (see [`result_from_report_json`]).
 pub fn load_report_json(path: &Path) -> Result<MappingResult> {
-    let value = crate::read::read_json(path)?;
+    let value = crate::format::json::read_json(path)?;
     result_from_report_json(&value, path)
 }
 

@@ -19,20 +19,23 @@
 //! the other names, and later uses of a tensor by other ops, are in
 //! [`ExecutionOrder::also_used`].
 //!
-//! The work happens in a small C++ shim over libtorch (`shim.cpp`), wrapped by [`ffi`].
+//! The work happens in the libtorch layer ([`crate::libtorch`]); without it (the cargo
+//! feature `libtorch` off) orders can still be read from files.
 
-pub mod ffi;
-pub mod input;
+pub use crate::input::InputSpec;
 
-pub use ffi::{cuda_is_available, device_name, parse_device, ScriptModule, StateEntry};
-pub use input::{make_inputs, InputSpec};
-
+#[cfg(feature = "libtorch")]
+use crate::device::Device;
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
-use std::collections::HashSet;
-use std::io::Write;
 use std::path::Path;
-use tch::Device;
+
+#[cfg(feature = "libtorch")]
+use crate::libtorch::{ffi, inputs::make_inputs, ScriptModule};
+#[cfg(feature = "libtorch")]
+use crate::read::script_module;
+#[cfg(feature = "libtorch")]
+use std::collections::HashSet;
 
 /// How an execution order was obtained.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -119,7 +122,7 @@ impl ExecutionOrder {
     /// Errors: the file cannot be read, is not JSON, or is not an order (the message names
     /// the field that is wrong).
     pub fn read_json(path: &Path) -> Result<ExecutionOrder> {
-        let value = crate::read::read_json(path)?;
+        let value = crate::format::json::read_json(path)?;
         serde_json::from_value(value).map_err(|e| {
             Error::corrupt(
                 path,
@@ -132,15 +135,7 @@ impl ExecutionOrder {
     /// Writes the order as one JSON object to `path`, through a temporary file in the same
     /// folder renamed into place (no partial file on failure).
     pub fn write_json(&self, path: &Path) -> Result<()> {
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => Path::new("."),
-        };
-        let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| Error::io(path, e))?;
-        serde_json::to_writer_pretty(&mut tmp, self).map_err(|e| Error::io(path, e.into()))?;
-        tmp.write_all(b"\n").map_err(|e| Error::io(path, e))?;
-        tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
-        Ok(())
+        crate::format::json::write_json(path, self)
     }
 }
 
@@ -149,25 +144,28 @@ impl ExecutionOrder {
 ///
 /// Errors: the file cannot be loaded; CUDA requested but unavailable; `forward` fails on
 /// these inputs (libtorch's message on one line, e.g. a shape mismatch).
+#[cfg(feature = "libtorch")]
 pub fn trace(path: &Path, inputs: &[InputSpec], device: Device) -> Result<ExecutionOrder> {
-    ScriptModule::load(path, device)?.trace(inputs)
+    script_module(path, device)?.trace(inputs)
 }
 
 /// Static order of the model at `path` (loaded on the CPU), from its inlined forward graph.
+#[cfg(feature = "libtorch")]
 pub fn static_order(path: &Path) -> Result<ExecutionOrder> {
-    ScriptModule::load(path, Device::Cpu)?.static_order()
+    script_module(path, Device::Cpu)?.static_order()
 }
 
 /// The best order available for the model at `path`: dynamic when `inputs` are given, else
 /// static, else registration. When `forward` fails the dynamic order falls back to the
 /// static one, and a failing graph walk falls back to registration order; `note` says so with
 /// the error on one line. Fails only when the model cannot be loaded at all.
+#[cfg(feature = "libtorch")]
 pub fn execution_order(
     path: &Path,
     inputs: &[InputSpec],
     device: Device,
 ) -> Result<ExecutionOrder> {
-    let module = ScriptModule::load(path, device)?;
+    let module = script_module(path, device)?;
     let mut note = None;
     if !inputs.is_empty() {
         match module.trace(inputs) {
@@ -196,6 +194,7 @@ pub fn execution_order(
     }
 }
 
+#[cfg(feature = "libtorch")]
 impl ScriptModule {
     /// Dynamic order: runs `forward` on dummy inputs built from `inputs` (on the module's
     /// device) and records the first outermost op that takes each tensor.
@@ -334,7 +333,7 @@ impl ScriptModule {
         }
         ExecutionOrder {
             mode,
-            device: device_name(self.device()),
+            device: self.device().to_string(),
             order,
             untouched,
             also_used,

@@ -1,0 +1,199 @@
+//! Every flag that more than one subcommand takes, defined once and typed by clap's value
+//! parsers (as ripgrep defines each flag once): a bad value is refused while parsing, and
+//! the subcommands turn these into the library's request types.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use weightmap::mapper::{
+    parse_incompatible, CandidateSearch, MapperOptions, Strategy, SuggestOptions,
+};
+use weightmap::pipeline::{MapRequest, OrderPolicy};
+use weightmap::score::ScoreWeights;
+use weightmap::trace::InputSpec;
+use weightmap::{Device, ReadOptions};
+
+/// A clap value parser for any library type parsed by `FromStr` with a library error.
+pub fn parse<T: FromStr<Err = weightmap::Error>>(text: &str) -> Result<T, String> {
+    text.parse().map_err(|e: weightmap::Error| e.to_string())
+}
+
+fn parse_incompatible_flag(text: &str) -> Result<Vec<(Vec<String>, Vec<String>)>, String> {
+    parse_incompatible(text).map_err(|e| e.to_string())
+}
+
+/// Whether to color terminal output: not when `NO_COLOR` is set (to anything but the
+/// empty string, per no-color.org) and not when standard output is not a terminal.
+pub fn color_enabled() -> bool {
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+    !no_color && std::io::stdout().is_terminal()
+}
+
+/// `--input`: the dummy inputs of a forward pass.
+#[derive(clap::Args, Debug, Clone)]
+pub struct InputFlags {
+    /// A dummy input for forward, repeatable in argument order: SHAPE[:DTYPE[:LO-HI]], e.g.
+    /// 1x3x224x224, or 1x16:i64:0-1000 for token ids in [0, 1000). Floats default to standard
+    /// normal, integers to 0/1.
+    #[arg(long = "input", short = 'i', value_name = "SPEC", value_parser = parse::<InputSpec>)]
+    pub inputs: Vec<InputSpec>,
+}
+
+/// `--device`: where libtorch work runs.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DeviceFlag {
+    /// Where tracing, forward passes and the batched candidate score run: cpu, cuda or
+    /// cuda:N (a mapping is the same on every device).
+    #[arg(long, default_value = "cpu", value_name = "DEVICE", value_parser = parse::<Device>)]
+    pub device: Device,
+}
+
+/// Which order of tensors the mapper uses to tell look-alikes apart (`--order`).
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OrderChoice {
+    /// A TorchScript target: its dynamic order with --input (falling back to static when
+    /// forward fails), else static, else registration; a TorchScript source: static.
+    /// Checkpoints: their key order (none for safetensors, whose keys are sorted).
+    #[default]
+    Auto,
+    /// The target's dynamic order from running forward on --input (required).
+    Dynamic,
+    /// The static order of each TorchScript model, read from its forward graph.
+    Static,
+    /// The registration order of each TorchScript model.
+    Registration,
+    /// No order on either side, not even a checkpoint's key order.
+    None,
+}
+
+impl From<OrderChoice> for OrderPolicy {
+    fn from(c: OrderChoice) -> OrderPolicy {
+        match c {
+            OrderChoice::Auto => OrderPolicy::Auto,
+            OrderChoice::Dynamic => OrderPolicy::Dynamic,
+            OrderChoice::Static => OrderPolicy::Static,
+            OrderChoice::Registration => OrderPolicy::Registration,
+            OrderChoice::None => OrderPolicy::None,
+        }
+    }
+}
+
+/// The flags that decide how a mapping is computed, shared by `map`, `tree`, `explain`
+/// and `report`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct MappingFlags {
+    /// best_match, conservative or shape_only.
+    #[arg(long, default_value = "best_match", value_name = "S", value_parser = parse::<Strategy>)]
+    pub strategy: Strategy,
+    /// Pairs scoring below this stay unmatched (0 to 1).
+    #[arg(long, default_value_t = weightmap::mapper::DEFAULT_THRESHOLD, value_name = "T")]
+    pub threshold: f64,
+    /// Score weights, e.g. shape=0.5,name=0.3,hierarchy=0.2 (normalized).
+    #[arg(long, value_name = "W", value_parser = parse::<ScoreWeights>)]
+    pub weights: Option<ScoreWeights>,
+    /// Incompatible components: SOURCE_CHUNKS:TARGET_CHUNKS, e.g. 'backbone,encoder:head,classifier'
+    /// (several separated by ';').
+    #[arg(long, value_name = "SPEC", value_parser = parse_incompatible_flag)]
+    pub incompatible: Option<Vec<(Vec<String>, Vec<String>)>>,
+    /// Shape tolerance (0 to 1); above 0, reshapes such as conv 1x1 <-> linear are candidates.
+    #[arg(long, default_value_t = 0.0, value_name = "F")]
+    pub shape_tolerance: f64,
+    /// The target's dummy inputs for tracing its execution order (without: static order).
+    #[command(flatten)]
+    pub inputs: InputFlags,
+    /// Where the trace and the batched candidate score run.
+    #[command(flatten)]
+    pub device: DeviceFlag,
+    /// How candidates of the units structure leaves over are found: auto (exact while
+    /// each has at most 64 same-shape candidates, batched beyond), exact (score every
+    /// same-shape candidate), batched (top-k by a batched tensor score on --device, then
+    /// exact scores for those).
+    #[arg(long, default_value = "auto", value_name = "SEARCH", value_parser = parse::<CandidateSearch>)]
+    pub candidates: CandidateSearch,
+    /// Which order tells look-alikes apart: auto (dynamic with --input, else static, else
+    /// registration; a checkpoint's key order), dynamic (needs --input), static,
+    /// registration, or none (names and shapes only: measures what order adds).
+    #[arg(long, value_enum, default_value_t = OrderChoice::Auto, value_name = "ORDER")]
+    pub order: OrderChoice,
+    /// The target's execution order saved by `weightmap trace TARGET -o FILE`, used instead
+    /// of tracing: any target format (a model spec JSON, a checkpoint) then has one.
+    #[arg(long, value_name = "ORDER_JSON", conflicts_with = "inputs")]
+    pub target_order: Option<PathBuf>,
+    /// The source's execution order saved by `weightmap trace SOURCE -o FILE` (e.g. of a
+    /// TorchScript export of the model that wrote the checkpoint).
+    #[arg(long, value_name = "ORDER_JSON")]
+    pub source_order: Option<PathBuf>,
+}
+
+impl MappingFlags {
+    /// The library request these flags describe, validated before anything is read.
+    pub fn request(&self, source: &Path, target: &Path) -> anyhow::Result<MapRequest> {
+        let request = MapRequest {
+            source: source.to_path_buf(),
+            target: target.to_path_buf(),
+            read: ReadOptions::default(),
+            order: self.order.into(),
+            inputs: self.inputs.inputs.clone(),
+            target_order: self.target_order.clone(),
+            source_order: self.source_order.clone(),
+            device: self.device.device,
+            mapper: MapperOptions {
+                shape_tolerance: self.shape_tolerance,
+                incompatible: self.incompatible.clone().unwrap_or_default(),
+                candidates: self.candidates,
+                ..MapperOptions::default()
+            },
+            suggest: SuggestOptions {
+                threshold: self.threshold,
+                strategy: self.strategy,
+                weights: self.weights.clone().unwrap_or_default(),
+            },
+        };
+        request.validate().map_err(flag_names)?;
+        Ok(request)
+    }
+
+    /// Reads both models and builds the mapper, printing the pipeline's warnings.
+    pub fn prepare(
+        &self,
+        source: &Path,
+        target: &Path,
+    ) -> anyhow::Result<(MapRequest, weightmap::mapper::Mapper)> {
+        let request = self.request(source, target)?;
+        let prepared = weightmap::pipeline::prepare(&request)?;
+        for w in &prepared.warnings {
+            eprintln!("warning: {w}");
+        }
+        Ok((request, prepared.mapper))
+    }
+}
+
+/// The library names options by what they are; on the command line they are flags: say
+/// which flag an invalid-argument error is about.
+pub fn flag_names(e: weightmap::Error) -> anyhow::Error {
+    match e {
+        weightmap::Error::InvalidArgument { what, message } => {
+            let flag = match what.as_str() {
+                "order" => "--order",
+                "input" => "--input",
+                "device" => "--device",
+                "threshold" => "--threshold",
+                "weights" => "--weights",
+                "strategy" => "--strategy",
+                other => {
+                    return weightmap::Error::InvalidArgument {
+                        what: other.into(),
+                        message,
+                    }
+                    .into()
+                }
+            };
+            weightmap::Error::InvalidArgument {
+                what: flag.into(),
+                message,
+            }
+            .into()
+        }
+        other => other.into(),
+    }
+}

@@ -1,0 +1,237 @@
+//! Why: orientation evidence and transforms of pairs, the reason each open tensor stays
+//! unmatched, and `explain`'s view of one source tensor.
+
+use super::*;
+
+impl<'a> State<'a> {
+    /// Per matched source module: (transposed, direct) counts of non-square 2-D weights
+    /// below it, and the global counts under the root key 0.
+    pub(super) fn orientation_evidence(&self, pairs: &[TPair]) -> HashMap<usize, (usize, usize)> {
+        let mut ev: HashMap<usize, (usize, usize)> = HashMap::new();
+        for p in pairs {
+            let (ss, ts) = (
+                &self.s.spec.tensors[p.s].shape,
+                &self.t.spec.tensors[p.t].shape,
+            );
+            if self.s.feats[p.s].role != Role::Weight || ss.len() != 2 || ss[0] == ss[1] {
+                continue;
+            }
+            let transposed = match crate::score::shape_relation(ss, ts, false) {
+                Some(ShapeRelation::Transpose) => true,
+                Some(ShapeRelation::Equal) => false,
+                _ => continue,
+            };
+            let mut keys: Vec<usize> = self
+                .s
+                .ancestors_of_tensor(p.s)
+                .into_iter()
+                .filter(|a| self.st.node_pairs.contains_key(a))
+                .collect();
+            keys.push(0);
+            for k in keys {
+                let e = ev.entry(k).or_default();
+                if transposed {
+                    e.0 += 1;
+                } else {
+                    e.1 += 1;
+                }
+            }
+        }
+        ev
+    }
+
+    /// The transform of a pair and, for square weights, the orientation flag.
+    pub(super) fn transform_of(
+        &self,
+        p: &TPair,
+        ev: &HashMap<usize, (usize, usize)>,
+    ) -> (Transform, Option<String>) {
+        let (ss, ts) = (
+            &self.s.spec.tensors[p.s].shape,
+            &self.t.spec.tensors[p.t].shape,
+        );
+        match crate::score::shape_relation(ss, ts, self.allow_reshape) {
+            Some(ShapeRelation::Transpose) => (Transform::Transpose, None),
+            Some(ShapeRelation::Reshape) => (
+                Transform::Reshape {
+                    from: ss.clone(),
+                    to: ts.clone(),
+                },
+                None,
+            ),
+            _ => {
+                let square =
+                    ss.len() == 2 && ss[0] == ss[1] && self.s.feats[p.s].role == Role::Weight;
+                let global = ev.get(&0).copied().unwrap_or_default();
+                if !square || global.0 == 0 {
+                    return (Transform::None, None);
+                }
+                let dims = format!("[{}, {}]", ss[0], ss[1]);
+                for a in self.s.ancestors_of_tensor(p.s) {
+                    let Some(&(tr, di)) = ev.get(&a) else {
+                        continue;
+                    };
+                    let b = self.st.node_pairs[&a];
+                    let scope = format!("{} ↔ {}", self.s.nodes[a].path, self.t.nodes[b].path);
+                    return if di == 0 {
+                        (
+                            Transform::Transpose,
+                            Some(format!("square weight {dims}: its shape cannot tell its orientation; transposed because all {tr} non-square 2-D weights matched under {scope} are transposed")),
+                        )
+                    } else if tr > 0 {
+                        (
+                            Transform::None,
+                            Some(format!("square weight {dims}: its shape cannot tell its orientation and the evidence under {scope} is mixed ({tr} non-square 2-D weights transposed, {di} not); kept as is")),
+                        )
+                    } else {
+                        (Transform::None, None)
+                    };
+                }
+                (
+                    Transform::None,
+                    Some(format!("square weight {dims}: its shape cannot tell its orientation; {} non-square 2-D weights elsewhere are transposed, none near it; kept as is", global.0)),
+                )
+            }
+        }
+    }
+
+    /// Why an unmatched tensor with no recorded reason is unmatched.
+    pub(super) fn open_reason(
+        &self,
+        i: usize,
+        is_source: bool,
+        matched_s: &HashSet<usize>,
+        matched_t: &HashSet<usize>,
+    ) -> UnmatchedReason {
+        let (me, other) = if is_source {
+            (&self.s, &self.t)
+        } else {
+            (&self.t, &self.s)
+        };
+        let f = &me.feats[i];
+        let mut any_shape = false;
+        let mut allowed: Vec<usize> = vec![];
+        for (j, g) in other.feats.iter().enumerate() {
+            if !other.active[j] {
+                continue;
+            }
+            let c = if is_source {
+                candidate(f, g, self.allow_reshape)
+            } else {
+                candidate(g, f, self.allow_reshape)
+            };
+            if c.is_none() {
+                continue;
+            }
+            any_shape = true;
+            let (sn, tn) = if is_source {
+                (&self.s.spec.tensors[i].name, &self.t.spec.tensors[j].name)
+            } else {
+                (&self.s.spec.tensors[j].name, &self.t.spec.tensors[i].name)
+            };
+            if !self.incompat.forbidden(sn, tn) {
+                allowed.push(j);
+            }
+        }
+        if !any_shape {
+            return UnmatchedReason::NoShapeCandidate;
+        }
+        if allowed.is_empty() {
+            return UnmatchedReason::IncompatibleComponent;
+        }
+        // The best allowed candidate by score, among the nearest in order when there are
+        // many (scoring every same-shape tensor of a large model is not needed to say why).
+        if allowed.len() > MAX_REASON_CANDIDATES {
+            let my_rank = me.rank[i];
+            if let Some(r) = my_rank {
+                allowed.sort_by(|&a, &b| {
+                    let d = |k: usize| other.rank[k].map_or(f64::MAX, |x| (x - r).abs());
+                    d(a).total_cmp(&d(b))
+                });
+            }
+            allowed.truncate(MAX_REASON_CANDIDATES);
+        }
+        let best = allowed
+            .iter()
+            .filter_map(|&j| {
+                let (si, ti) = if is_source { (i, j) } else { (j, i) };
+                self.pair_score(si, ti).map(|b| (j, b.total))
+            })
+            .max_by(|a, b| a.1.total_cmp(&b.1).then(b.0.cmp(&a.0)));
+        let Some((j, _)) = best else {
+            return UnmatchedReason::NoShapeCandidate;
+        };
+        let taken = if is_source {
+            matched_t.contains(&j)
+        } else {
+            matched_s.contains(&j)
+        };
+        let other_name = |k: usize| other.spec.tensors[k].original_name.clone();
+        if taken {
+            let by = if is_source {
+                self.t_to_s
+                    .get(&j)
+                    .map(|&s| self.s.spec.tensors[s].original_name.clone())
+            } else {
+                // The target this source went to.
+                self.t_to_s
+                    .iter()
+                    .find(|(_, &s)| s == j)
+                    .map(|(&t, _)| self.t.spec.tensors[t].original_name.clone())
+            };
+            UnmatchedReason::LostTo {
+                candidate: other_name(j),
+                taken_by: by.unwrap_or_default(),
+            }
+        } else {
+            let free: Vec<String> = allowed
+                .iter()
+                .filter(|&&k| {
+                    !(if is_source {
+                        matched_t.contains(&k)
+                    } else {
+                        matched_s.contains(&k)
+                    })
+                })
+                .take(4)
+                .map(|&k| other_name(k))
+                .collect();
+            UnmatchedReason::Ambiguous { candidates: free }
+        }
+    }
+
+    /// Everything about one source tensor.
+    pub(crate) fn explain(
+        &self,
+        m: &Mapper,
+        result: &MappingResult,
+        i: usize,
+        _opts: &SuggestOptions,
+    ) -> Explanation {
+        let name = &m.source.tensors[i].name;
+        let candidates = self
+            .scored_candidates(i, None, None)
+            .into_iter()
+            .map(|(ti, b)| Candidate {
+                target: m.target.tensors[ti].original_name.clone(),
+                shape: m.target.tensors[ti].shape.clone(),
+                breakdown: b,
+                taken_by: self
+                    .t_to_s
+                    .get(&ti)
+                    .map(|&s| m.source.tensors[s].original_name.clone()),
+            })
+            .collect();
+        Explanation {
+            source: name.clone(),
+            shape: m.source.tensors[i].shape.clone(),
+            matched: result.mappings.iter().find(|x| &x.source == name).cloned(),
+            unmatched: result
+                .unmatched_source
+                .iter()
+                .find(|x| &x.name == name)
+                .map(|x| x.reason.clone()),
+            candidates,
+        }
+    }
+}

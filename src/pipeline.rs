@@ -1,0 +1,271 @@
+//! The policy "map these two files": read both models, give each the execution order asked
+//! for (traced, read from a saved trace, or none), build the [`Mapper`] and run it. This is
+//! exactly what `weightmap map` (and `tree`, `explain`, `report`, `apply --target`) do, so a
+//! Rust user gets the same mapping as the command line.
+
+use crate::device::Device;
+use crate::error::{Error, Result};
+use crate::mapper::{Mapper, MapperOptions, MappingResult, OrderKind, SuggestOptions, TensorOrder};
+use crate::normalize::read_model;
+use crate::read::{detect_format, ReadOptions};
+use crate::spec::{Format, ModelSpec};
+use crate::trace::{ExecutionOrder, InputSpec};
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+/// Which order of tensors tells look-alikes apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OrderPolicy {
+    /// A TorchScript target: its dynamic order with inputs (falling back to static when
+    /// forward fails), else static, else registration; a TorchScript source: static.
+    /// Checkpoints: their key order (none for safetensors, whose keys are sorted). A model
+    /// that cannot be traced gets its file's order and a warning.
+    #[default]
+    Auto,
+    /// The target's dynamic order from running forward on the inputs (required); a failing
+    /// forward is an error. A TorchScript source gets its static order.
+    Dynamic,
+    /// The static order of each TorchScript model, read from its forward graph.
+    Static,
+    /// The registration order of each TorchScript model (as its modules registered them).
+    Registration,
+    /// No order on either side, not even a checkpoint's key order: names (indices in them
+    /// included) and shapes only.
+    None,
+}
+
+/// Everything that decides a mapping of two files.
+#[derive(Debug, Clone)]
+pub struct MapRequest {
+    /// The source model (checkpoint, TorchScript, safetensors, model spec JSON).
+    pub source: PathBuf,
+    /// The target model.
+    pub target: PathBuf,
+    /// How both files are read.
+    pub read: ReadOptions,
+    /// Which order tells look-alikes apart.
+    pub order: OrderPolicy,
+    /// The target's dummy inputs for a dynamic trace (empty: static order).
+    pub inputs: Vec<InputSpec>,
+    /// The target's order saved by `weightmap trace TARGET -o FILE`, used instead of tracing.
+    pub target_order: Option<PathBuf>,
+    /// The source's order saved by `weightmap trace SOURCE -o FILE`.
+    pub source_order: Option<PathBuf>,
+    /// Where tracing and the batched candidate score run.
+    pub device: Device,
+    /// The engine's options (their orders and device are set from the fields above).
+    pub mapper: MapperOptions,
+    /// Strategy, threshold and score weights.
+    pub suggest: SuggestOptions,
+}
+
+impl MapRequest {
+    /// A request with every default: automatic order, CPU, best-match strategy.
+    pub fn new(source: &Path, target: &Path) -> MapRequest {
+        MapRequest {
+            source: source.to_path_buf(),
+            target: target.to_path_buf(),
+            read: ReadOptions::default(),
+            order: OrderPolicy::Auto,
+            inputs: vec![],
+            target_order: None,
+            source_order: None,
+            device: Device::Cpu,
+            mapper: MapperOptions::default(),
+            suggest: SuggestOptions::default(),
+        }
+    }
+
+    /// Checks that the options fit together, before anything is read.
+    pub fn validate(&self) -> Result<()> {
+        self.suggest.validate()?;
+        if self.order == OrderPolicy::Dynamic && self.inputs.is_empty() {
+            return Err(Error::invalid(
+                "order",
+                "a dynamic order needs the target's dummy input (SHAPE[:DTYPE[:LO-HI]], e.g. 1x3x224x224)",
+            ));
+        }
+        if self.order == OrderPolicy::None
+            && (self.target_order.is_some() || self.source_order.is_some())
+        {
+            return Err(Error::invalid(
+                "order",
+                "'none' means no order on either side, but an order file was given: drop one of them",
+            ));
+        }
+        if !self.inputs.is_empty()
+            && !matches!(self.order, OrderPolicy::Auto | OrderPolicy::Dynamic)
+        {
+            return Err(Error::invalid(
+                "input",
+                "dummy inputs are only used with the auto or dynamic order",
+            ));
+        }
+        if self.target_order.is_some() && !self.inputs.is_empty() {
+            return Err(Error::invalid(
+                "input",
+                "a saved target order replaces tracing: give the order file or the inputs, not both",
+            ));
+        }
+        check_device(self.device)
+    }
+}
+
+/// A mapper built from two files, with what the user should hear about how.
+#[derive(Debug)]
+pub struct Prepared {
+    /// The engine, holding both model specs and their orders.
+    pub mapper: Mapper,
+    /// Things that went differently than asked (a model that could not be traced, say).
+    pub warnings: Vec<String>,
+}
+
+/// Reads both models of `request` and builds the mapper, with the orders asked for.
+///
+/// Errors: either file cannot be read; an explicit order cannot be had; an order file
+/// belongs to another model.
+pub fn prepare(request: &MapRequest) -> Result<Prepared> {
+    request.validate()?;
+    let source = read_model(&request.source, &request.read)?;
+    let target = read_model(&request.target, &request.read)?;
+    let mut warnings = Vec::new();
+    let target_order = match &request.target_order {
+        Some(file) => Some(order_from_file(file, &target)?),
+        None => order_of(request, &request.target, &request.inputs, &mut warnings)?,
+    };
+    let source_order = match &request.source_order {
+        Some(file) => Some(order_from_file(file, &source)?),
+        None => order_of(request, &request.source, &[], &mut warnings)?,
+    };
+    let options = MapperOptions {
+        target_order,
+        source_order,
+        device: request.device,
+        ..request.mapper.clone()
+    };
+    Ok(Prepared {
+        mapper: Mapper::new(source, target, options)?,
+        warnings,
+    })
+}
+
+/// Maps the two files of `request`: [`prepare`], then the engine.
+pub fn map_files(request: &MapRequest) -> Result<MappingResult> {
+    prepare(request)?.mapper.suggest_mapping(&request.suggest)
+}
+
+#[cfg(feature = "libtorch")]
+fn check_device(device: Device) -> Result<()> {
+    crate::libtorch::check_device(device)
+}
+
+#[cfg(not(feature = "libtorch"))]
+fn check_device(device: Device) -> Result<()> {
+    match device {
+        Device::Cpu => Ok(()),
+        Device::Cuda(_) => Err(Error::invalid(
+            "device",
+            format!("'{device}': this weightmap was built without libtorch (cargo feature `libtorch`); use cpu"),
+        )),
+    }
+}
+
+/// The order of the model at `path` that `request.order` asks for; `None` leaves the
+/// mapper its default (a checkpoint's key order). `inputs` are that model's dummy inputs.
+fn order_of(
+    request: &MapRequest,
+    path: &Path,
+    inputs: &[InputSpec],
+    warnings: &mut Vec<String>,
+) -> Result<Option<TensorOrder>> {
+    if request.order == OrderPolicy::None {
+        // An empty order of kind `None`: the mapper ranks nothing on this side.
+        return Ok(Some(TensorOrder {
+            kind: OrderKind::None,
+            names: vec![],
+        }));
+    }
+    if detect_format(path)? != Format::TorchScript {
+        return Ok(None);
+    }
+    let traced = trace_order(request.order, path, inputs, request.device);
+    match (request.order, traced) {
+        (_, Ok(order)) => Ok(Some(TensorOrder::from(&order))),
+        // Auto never fails for want of an order: the file's order stands in, said aloud.
+        (OrderPolicy::Auto, Err(e)) => {
+            warnings.push(format!(
+                "no execution order for {} ({e}); using its registration order",
+                path.display()
+            ));
+            Ok(None)
+        }
+        // An explicit order is used as asked or fails: no silent fallback.
+        (_, Err(e)) => Err(e),
+    }
+}
+
+#[cfg(feature = "libtorch")]
+fn trace_order(
+    policy: OrderPolicy,
+    path: &Path,
+    inputs: &[InputSpec],
+    device: Device,
+) -> Result<ExecutionOrder> {
+    use crate::trace;
+    match policy {
+        OrderPolicy::Auto => trace::execution_order(path, inputs, device),
+        OrderPolicy::Dynamic if !inputs.is_empty() => trace::trace(path, inputs, device),
+        OrderPolicy::Dynamic | OrderPolicy::Static => {
+            crate::read::script_module(path, device)?.static_order()
+        }
+        OrderPolicy::Registration | OrderPolicy::None => {
+            Ok(crate::read::script_module(path, device)?.registration_order())
+        }
+    }
+}
+
+#[cfg(not(feature = "libtorch"))]
+fn trace_order(
+    _policy: OrderPolicy,
+    path: &Path,
+    _inputs: &[InputSpec],
+    device: Device,
+) -> Result<ExecutionOrder> {
+    crate::read::script_module(path, device).map(|never| match never {})
+}
+
+/// The order saved at `path` by `weightmap trace -o` (see [`ExecutionOrder::read_json`]),
+/// for `spec`: an order traced once stands in for tracing again, and gives execution order
+/// to models that cannot be traced here (a model spec JSON, a checkpoint of a model traced
+/// elsewhere).
+///
+/// Errors: the file is not an order, or most of its names are not the model's tensors
+/// (it was traced from another model).
+pub fn order_from_file(path: &Path, spec: &ModelSpec) -> Result<TensorOrder> {
+    let order = TensorOrder::from(&ExecutionOrder::read_json(path)?);
+    let names: HashSet<&str> = spec
+        .tensors
+        .iter()
+        .flat_map(|t| [t.name.as_str(), t.original_name.as_str()])
+        .collect();
+    // A trace of the same model names its own tensors (a few non-persistent buffers may be
+    // missing from a checkpoint); mostly foreign names mean another model, whose order
+    // would decide look-alikes wrongly.
+    let known = order
+        .names
+        .iter()
+        .filter(|n| names.contains(n.as_str()))
+        .count();
+    if order.names.is_empty() || known * 2 < order.names.len() {
+        return Err(Error::invalid(
+            "order file",
+            format!(
+                "{}: only {known} of its {} names are tensors of {}; it was traced from another model: trace this one with `weightmap trace MODEL -o FILE`",
+                path.display(),
+                order.names.len(),
+                spec.path
+            ),
+        ));
+    }
+    Ok(order)
+}

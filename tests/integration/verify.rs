@@ -1,0 +1,342 @@
+//! `weightmap verify` against real PyTorch: its MISSING list and pass/fail agree with what
+//! `load_state_dict(strict=False)` reports in Python, and its output comparison catches a
+//! wrong mapping that loads without complaint.
+//!
+//! Needs the Python oracle in `.venv` (scripts/setup.sh) and, for the corpus test, the
+//! benchmark corpus at `../shared/bench`; each test says so and returns when they are absent.
+
+use serde_json::Value;
+
+use crate::support::{python, run_python, s, weightmap};
+
+/// Runs `weightmap verify --json`; returns the exit status and the report.
+fn verify_json(args: &[&str]) -> (bool, Value) {
+    let mut all = vec!["verify", "--json"];
+    all.extend_from_slice(args);
+    let r = weightmap(&all);
+    let report: Value = serde_json::from_slice(&r.stdout).unwrap_or_else(|e| {
+        panic!(
+            "verify {args:?} printed no JSON ({e}):\n{}",
+            String::from_utf8_lossy(&r.stderr)
+        )
+    });
+    assert_eq!(
+        r.status.success(),
+        report["pass"].as_bool().unwrap(),
+        "exit status and report disagree: {report}"
+    );
+    (r.status.success(), report)
+}
+
+fn names(v: &Value) -> Vec<String> {
+    let mut n: Vec<String> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap().to_string())
+        .collect();
+    n.sort();
+    n
+}
+
+/// For one corpus case: writes the ground-truth mapping, and prints as JSON the dummy
+/// input as `--input` text, the target keys `load_state_dict(strict=False)` reports
+/// missing for the mapped checkpoint, and which of them are parameters.
+const CASE_ORACLE: &str = r#"
+import json, sys, torch
+case_dir, mapping_out, checkpoint = sys.argv[1:4]
+case = json.load(open(case_dir + "/case.json"))
+tpose = {t["source"][0] for t in case["transforms"] if t["kind"] == "transpose"}
+m = {s: ({"target": t, "transform": "transpose"} if s in tpose else t) for s, t in case["ground_truth"].items()}
+json.dump(m, open(mapping_out, "w"))
+ts = torch.jit.load(case_dir + "/target.pt")
+inputs = []
+for d in case["dummy_input"]:
+    text = "x".join(str(x) for x in d["shape"])
+    if d["dtype"] != "float32":
+        text += ":" + d["dtype"]
+        if "value_range" in d:
+            text += ":%d-%d" % tuple(d["value_range"])
+    inputs.append(text)
+print(json.dumps({"inputs": inputs, "mapping": m}))
+"#;
+
+const LOAD_ORACLE: &str = r#"
+import json, sys, torch
+from safetensors.torch import load_file
+ts = torch.jit.load(sys.argv[1])
+r = ts.load_state_dict(load_file(sys.argv[2]), strict=False)
+params = {n for n, _ in ts.named_parameters()}
+print(json.dumps({"missing": sorted(r.missing_keys), "unexpected": sorted(r.unexpected_keys),
+                  "missing_parameters": sorted(k for k in r.missing_keys if k in params)}))
+"#;
+
+#[test]
+fn corpus_reports_agree_with_load_state_dict() {
+    let Some(py) = python() else { return };
+    let Some(cases) = crate::support::corpus_cases() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    for case in &cases {
+        let name = case.file_name().unwrap().to_str().unwrap();
+        let mapping = dir.path().join(format!("{name}.json"));
+        let out = dir.path().join(format!("{name}.safetensors"));
+        let oracle: Value = serde_json::from_str(&run_python(
+            &py,
+            CASE_ORACLE,
+            &[s(case), s(&mapping), s(&out)],
+        ))
+        .unwrap();
+        let r = weightmap(&[
+            "apply",
+            s(&case.join("source.safetensors")),
+            "-m",
+            s(&mapping),
+            "-o",
+            s(&out),
+        ]);
+        assert!(
+            r.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&r.stderr)
+        );
+        let load: Value = serde_json::from_str(&run_python(
+            &py,
+            LOAD_ORACLE,
+            &[s(&case.join("target.pt")), s(&out)],
+        ))
+        .unwrap();
+        let target = case.join("target.pt");
+        let mut args = vec![s(&out), s(&target)];
+        for i in oracle["inputs"].as_array().unwrap() {
+            args.push("--input");
+            args.push(i.as_str().unwrap());
+        }
+
+        // Default check: loads, runs, same MISSING as Python, nothing unexpected.
+        let (pass, report) = verify_json(&args);
+        assert!(pass, "{name}: {report}");
+        let expected: Vec<String> = serde_json::from_value(load["missing"].clone()).unwrap();
+        assert_eq!(
+            names(&report["missing"]),
+            expected,
+            "{name}: MISSING differs from load_state_dict"
+        );
+        assert_eq!(
+            report["unexpected"].as_array().unwrap().len(),
+            load["unexpected"].as_array().unwrap().len(),
+            "{name}"
+        );
+        assert_eq!(report["mismatched"], Value::Array(vec![]), "{name}");
+        let transposes = oracle["mapping"]
+            .as_object()
+            .unwrap()
+            .values()
+            .filter(|v| v.is_object())
+            .count();
+        assert_eq!(
+            report["transformed"].as_array().unwrap().len(),
+            transposes,
+            "{name}: TRANSFORMED"
+        );
+
+        // --strict fails exactly when Python finds parameters left at their initial values,
+        // and passes once those are allowed to be new.
+        let missing_params: Vec<String> =
+            serde_json::from_value(load["missing_parameters"].clone()).unwrap();
+        let mut strict = args.clone();
+        strict.push("--strict");
+        let (pass, report) = verify_json(&strict);
+        assert_eq!(
+            pass,
+            missing_params.is_empty(),
+            "{name}: --strict: {}",
+            report["failures"]
+        );
+        if !missing_params.is_empty() {
+            for p in &missing_params {
+                strict.push("--allow-new");
+                strict.push(p);
+            }
+            let (pass, report) = verify_json(&strict);
+            assert!(
+                pass,
+                "{name}: --strict with --allow-new: {}",
+                report["failures"]
+            );
+        }
+        eprintln!(
+            "{name}: ok ({} missing, {} missing parameters)",
+            expected.len(),
+            missing_params.len()
+        );
+        std::fs::remove_file(&out).unwrap();
+    }
+}
+
+/// A source model and a renamed target computing the same function (the target's linear
+/// layer stores its weight transposed, as GPT-2's Conv1D does), both traced.
+const MAKE_PAIR: &str = r#"
+import sys, json, torch, collections
+d = sys.argv[1]
+torch.manual_seed(0)
+class Source(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3)
+        self.bn = torch.nn.BatchNorm2d(4)
+        self.fc = torch.nn.Linear(4, 5)
+    def forward(self, x):
+        return self.fc(torch.relu(self.bn(self.conv(x))).mean((2, 3)))
+class Target(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Sequential(collections.OrderedDict(conv=torch.nn.Conv2d(3, 4, 3), norm=torch.nn.BatchNorm2d(4)))
+        self.head_weight = torch.nn.Parameter(torch.randn(4, 5))  # [in, out]
+        self.head_bias = torch.nn.Parameter(torch.randn(5))
+    def forward(self, x):
+        return torch.relu(self.stem(x)).mean((2, 3)) @ self.head_weight + self.head_bias
+src = Source().eval()
+with torch.no_grad():
+    for p in src.bn.parameters(): p.uniform_(0.5, 1.5)
+    src.bn.running_mean.uniform_(-1, 1); src.bn.running_var.uniform_(0.5, 2)
+x = torch.randn(1, 3, 8, 8)
+torch.jit.trace(src, x).save(d + "/source.pt")
+torch.jit.trace(Target().eval(), x).save(d + "/target.pt")
+torch.save(src.state_dict(), d + "/source.pth")
+m = {"conv.weight": "stem.conv.weight", "conv.bias": "stem.conv.bias", "bn.weight": "stem.norm.weight",
+     "bn.bias": "stem.norm.bias", "bn.running_mean": "stem.norm.running_mean", "bn.running_var": "stem.norm.running_var",
+     "bn.num_batches_tracked": "stem.norm.num_batches_tracked",
+     "fc.weight": {"target": "head_weight", "transform": "transpose"}, "fc.bias": "head_bias"}
+json.dump(m, open(d + "/good.json", "w"))
+bad = dict(m); bad["bn.weight"], bad["bn.bias"] = "stem.norm.bias", "stem.norm.weight"
+json.dump(bad, open(d + "/swapped.json", "w"))
+"#;
+
+#[test]
+fn source_model_comparison_passes_a_right_mapping_and_catches_a_wrong_one() {
+    let Some(py) = python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    run_python(&py, MAKE_PAIR, &[s(d)]);
+    for (mapping, out) in [
+        ("good.json", "good.safetensors"),
+        ("swapped.json", "swapped.safetensors"),
+        ("good.json", "good.pth"),
+    ] {
+        let r = weightmap(&[
+            "apply",
+            s(&d.join("source.pth")),
+            "-m",
+            s(&d.join(mapping)),
+            "-o",
+            s(&d.join(out)),
+        ]);
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    }
+    let (target, source) = (d.join("target.pt"), d.join("source.pt"));
+    for out in ["good.safetensors", "good.pth"] {
+        let (pass, report) = verify_json(&[
+            s(&d.join(out)),
+            s(&target),
+            "--source-model",
+            s(&source),
+            "--input",
+            "2x3x8x8",
+            "--strict",
+        ]);
+        assert!(pass, "{out}: {report}");
+        let c = &report["comparison"];
+        assert!(
+            c["max_abs_diff"].as_f64().unwrap() < 1e-5 && c["cosine"].as_f64().unwrap() > 0.99999,
+            "{c}"
+        );
+        assert_eq!(report["output_shape"], serde_json::json!([2, 5]));
+    }
+    // Every tensor loads (same shapes), but the outputs tell the swap.
+    let (pass, report) = verify_json(&[
+        s(&d.join("swapped.safetensors")),
+        s(&target),
+        "--source-model",
+        s(&source),
+        "--input",
+        "2x3x8x8",
+    ]);
+    assert!(!pass, "{report}");
+    assert_eq!(report["loaded"], 9);
+    assert!(
+        report["failures"][0]
+            .as_str()
+            .unwrap()
+            .contains("outputs differ"),
+        "{report}"
+    );
+    // The same, loading the original weights into the source model explicitly.
+    let (pass, _) = verify_json(&[
+        s(&d.join("good.pth")),
+        s(&target),
+        "--source-model",
+        s(&source),
+        "--source-checkpoint",
+        s(&d.join("source.pth")),
+        "--input",
+        "1x3x8x8",
+    ]);
+    assert!(pass);
+    // Without --input the image input is worked out from the first convolution.
+    let (pass, report) = verify_json(&[
+        s(&d.join("good.safetensors")),
+        s(&target),
+        "--source-model",
+        s(&source),
+    ]);
+    assert!(pass, "{report}");
+    assert_eq!(report["inputs"], serde_json::json!(["1x3x224x224"]));
+    // The text report names the sections and exits 1 on failure.
+    let r = weightmap(&[
+        "verify",
+        s(&d.join("swapped.safetensors")),
+        s(&target),
+        "--source-model",
+        s(&source),
+    ]);
+    assert_eq!(r.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&r.stdout);
+    assert!(text.contains("DIFFER") && text.contains("FAIL"), "{text}");
+}
+
+#[test]
+fn mismatched_and_unexpected_tensors_are_reported() {
+    let Some(py) = python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    run_python(&py, MAKE_PAIR, &[s(d)]);
+    let make = r#"
+import sys, torch
+from safetensors.torch import save_file
+save_file({"stem.conv.weight": torch.zeros(4, 3, 5, 5), "stem.conv.bias": torch.zeros(4, dtype=torch.float64),
+           "stray.weight": torch.zeros(2)}, sys.argv[1])
+"#;
+    let ckpt = d.join("bad.safetensors");
+    run_python(&py, make, &[s(&ckpt)]);
+    let (pass, report) = verify_json(&[s(&ckpt), s(&d.join("target.pt")), "--input", "1x3x8x8"]);
+    assert!(!pass);
+    assert_eq!(report["unexpected"], serde_json::json!(["stray.weight"]));
+    let mismatched = report["mismatched"].as_array().unwrap();
+    assert_eq!(mismatched.len(), 2, "{report}");
+    let weight = mismatched
+        .iter()
+        .find(|m| m["name"] == "stem.conv.weight")
+        .unwrap();
+    assert_eq!(weight["loaded_with_cast"], false);
+    assert_eq!(weight["target_shape"], serde_json::json!([4, 3, 3, 3]));
+    let bias = mismatched
+        .iter()
+        .find(|m| m["name"] == "stem.conv.bias")
+        .unwrap();
+    assert_eq!(bias["loaded_with_cast"], true);
+    assert_eq!(report["loaded"], 1);
+    assert!(!names(&report["missing"]).contains(&"stem.conv.weight".to_string()));
+    assert!(names(&report["missing"]).contains(&"head_weight".to_string()));
+}

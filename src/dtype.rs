@@ -51,9 +51,19 @@ pub enum DType {
     C128,
 }
 
-/// Each dtype: torch name, other accepted names, safetensors code, legacy storage class,
-/// element size in bytes.
-const TABLE: &[(DType, &str, &[&str], Option<&str>, Option<&str>, usize)] = &[
+/// A row of [`TABLE`]: the dtype, torch's name, other accepted names, the safetensors
+/// code, the legacy storage class, the element size in bytes.
+type Row = (
+    DType,
+    &'static str,
+    &'static [&'static str],
+    Option<&'static str>,
+    Option<&'static str>,
+    usize,
+);
+
+/// Every dtype's row.
+const TABLE: &[Row] = &[
     (
         DType::F64,
         "float64",

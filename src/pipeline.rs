@@ -34,6 +34,25 @@ pub enum OrderPolicy {
     None,
 }
 
+impl std::str::FromStr for OrderPolicy {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<OrderPolicy> {
+        Ok(match s {
+            "auto" => OrderPolicy::Auto,
+            "dynamic" => OrderPolicy::Dynamic,
+            "static" => OrderPolicy::Static,
+            "registration" => OrderPolicy::Registration,
+            "none" => OrderPolicy::None,
+            _ => {
+                return Err(Error::invalid(
+                    "order",
+                    format!("'{s}': use auto, dynamic, static, registration or none"),
+                ))
+            }
+        })
+    }
+}
+
 /// Everything that decides a mapping of two files.
 #[derive(Debug, Clone)]
 pub struct MapRequest {

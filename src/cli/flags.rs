@@ -18,7 +18,10 @@ pub fn parse<T: FromStr<Err = weightmap::Error>>(text: &str) -> Result<T, String
     text.parse().map_err(|e: weightmap::Error| e.to_string())
 }
 
-fn parse_incompatible_flag(text: &str) -> Result<Vec<(Vec<String>, Vec<String>)>, String> {
+/// Incompatible components: pairs of (source chunks, target chunks).
+type Incompatible = Vec<(Vec<String>, Vec<String>)>;
+
+fn parse_incompatible_flag(text: &str) -> Result<Incompatible, String> {
     parse_incompatible(text).map_err(|e| e.to_string())
 }
 
@@ -48,36 +51,6 @@ pub struct DeviceFlag {
     pub device: Device,
 }
 
-/// Which order of tensors the mapper uses to tell look-alikes apart (`--order`).
-#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum OrderChoice {
-    /// A TorchScript target: its dynamic order with --input (falling back to static when
-    /// forward fails), else static, else registration; a TorchScript source: static.
-    /// Checkpoints: their key order (none for safetensors, whose keys are sorted).
-    #[default]
-    Auto,
-    /// The target's dynamic order from running forward on --input (required).
-    Dynamic,
-    /// The static order of each TorchScript model, read from its forward graph.
-    Static,
-    /// The registration order of each TorchScript model.
-    Registration,
-    /// No order on either side, not even a checkpoint's key order.
-    None,
-}
-
-impl From<OrderChoice> for OrderPolicy {
-    fn from(c: OrderChoice) -> OrderPolicy {
-        match c {
-            OrderChoice::Auto => OrderPolicy::Auto,
-            OrderChoice::Dynamic => OrderPolicy::Dynamic,
-            OrderChoice::Static => OrderPolicy::Static,
-            OrderChoice::Registration => OrderPolicy::Registration,
-            OrderChoice::None => OrderPolicy::None,
-        }
-    }
-}
-
 /// The flags that decide how a mapping is computed, shared by `map`, `tree`, `explain`
 /// and `report`.
 #[derive(clap::Args, Debug, Clone)]
@@ -94,7 +67,7 @@ pub struct MappingFlags {
     /// Incompatible components: SOURCE_CHUNKS:TARGET_CHUNKS, e.g. 'backbone,encoder:head,classifier'
     /// (several separated by ';').
     #[arg(long, value_name = "SPEC", value_parser = parse_incompatible_flag)]
-    pub incompatible: Option<Vec<(Vec<String>, Vec<String>)>>,
+    pub incompatible: Option<Incompatible>,
     /// Shape tolerance (0 to 1); above 0, reshapes such as conv 1x1 <-> linear are candidates.
     #[arg(long, default_value_t = 0.0, value_name = "F")]
     pub shape_tolerance: f64,
@@ -113,8 +86,8 @@ pub struct MappingFlags {
     /// Which order tells look-alikes apart: auto (dynamic with --input, else static, else
     /// registration; a checkpoint's key order), dynamic (needs --input), static,
     /// registration, or none (names and shapes only: measures what order adds).
-    #[arg(long, value_enum, default_value_t = OrderChoice::Auto, value_name = "ORDER")]
-    pub order: OrderChoice,
+    #[arg(long, default_value = "auto", value_name = "ORDER", value_parser = parse::<OrderPolicy>)]
+    pub order: OrderPolicy,
     /// The target's execution order saved by `weightmap trace TARGET -o FILE`, used instead
     /// of tracing: any target format (a model spec JSON, a checkpoint) then has one.
     #[arg(long, value_name = "ORDER_JSON", conflicts_with = "inputs")]
@@ -132,7 +105,7 @@ impl MappingFlags {
             source: source.to_path_buf(),
             target: target.to_path_buf(),
             read: ReadOptions::default(),
-            order: self.order.into(),
+            order: self.order,
             inputs: self.inputs.inputs.clone(),
             target_order: self.target_order.clone(),
             source_order: self.source_order.clone(),
@@ -146,7 +119,7 @@ impl MappingFlags {
             suggest: SuggestOptions {
                 threshold: self.threshold,
                 strategy: self.strategy,
-                weights: self.weights.clone().unwrap_or_default(),
+                weights: self.weights.unwrap_or_default(),
             },
         };
         request.validate().map_err(flag_names)?;

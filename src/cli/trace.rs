@@ -24,6 +24,9 @@ pub struct Args {
     /// Print the order as JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// With -o, also print the order's table (by default -o prints one summary line).
+    #[arg(long)]
+    pub print: bool,
 }
 
 /// Runs `weightmap trace`.
@@ -41,6 +44,19 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     if let Some(path) = &args.output {
         order.write_json(path)?;
+        if !args.print && !args.json {
+            // The table of a large model runs to thousands of lines; the file holds it.
+            println!(
+                "wrote the {} order of {} ({} tensors used, {} untouched) to {}; map with --target-order {}",
+                order.mode.name(),
+                args.model.display(),
+                order.order.len(),
+                order.untouched.len(),
+                path.display(),
+                path.display()
+            );
+            return Ok(());
+        }
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&order)?);

@@ -370,6 +370,24 @@ fn cli_writes_one_json_object_and_prints_a_table() {
         .collect();
     assert_eq!(leftovers.len(), 1, "no temporary files left: {leftovers:?}");
 
+    // -o alone: one summary line that says how to reuse the file, not the whole table.
+    let saved = dir.path().join("again.json");
+    let summary = weightmap(&[
+        "trace",
+        "models/trace_branch.pt",
+        "--input",
+        "1x8",
+        "-o",
+        saved.to_str().unwrap(),
+    ]);
+    let text = String::from_utf8_lossy(&summary.stdout);
+    assert!(summary.status.success() && saved.is_file(), "{text}");
+    assert_eq!(text.trim().lines().count(), 1, "{text}");
+    assert!(
+        text.contains("dynamic order") && text.contains("--target-order"),
+        "{text}"
+    );
+
     let table = weightmap(&["trace", "models/trace_branch.pt", "--input", "1x8"]);
     let text = String::from_utf8_lossy(&table.stdout);
     assert!(

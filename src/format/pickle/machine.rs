@@ -7,14 +7,14 @@ use super::*;
 /// The memo: dense indices (what picklers write: 0, 1, 2, ...) in a vector, any others
 /// in a map.
 #[derive(Default)]
-struct Memo {
-    dense: Vec<Value>,
-    sparse: HashMap<u64, Value>,
+pub(super) struct Memo {
+    pub(super) dense: Vec<Value>,
+    pub(super) sparse: HashMap<u64, Value>,
 }
 
 impl Memo {
     /// Stores `v` at `index`; returns whether the index was already in use.
-    fn put(&mut self, index: u64, v: Value) -> bool {
+    pub(super) fn put(&mut self, index: u64, v: Value) -> bool {
         let len = self.dense.len() as u64;
         if index < len {
             self.dense[index as usize] = v;
@@ -32,7 +32,7 @@ impl Memo {
         }
     }
 
-    fn get(&self, index: u64) -> Option<Value> {
+    pub(super) fn get(&self, index: u64) -> Option<Value> {
         match self.dense.get(index as usize) {
             Some(&v) => Some(v),
             None => self.sparse.get(&index).copied(),
@@ -40,29 +40,29 @@ impl Memo {
     }
 
     /// Number of entries (pickle.py's `len(self.memo)`, used by MEMOIZE).
-    fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.dense.len() + self.sparse.len()
     }
 }
 
-struct Machine<'a> {
-    data: &'a [u8],
-    limits: Limits,
-    stack: Vec<Value>,
-    marks: Vec<usize>,
-    memo: Memo,
-    units: usize,
+pub(super) struct Machine<'a> {
+    pub(super) data: &'a [u8],
+    pub(super) limits: Limits,
+    pub(super) stack: Vec<Value>,
+    pub(super) marks: Vec<usize>,
+    pub(super) memo: Memo,
+    pub(super) units: usize,
     /// Start of the opcode being executed, for errors.
-    pos: usize,
-    p: Pickle,
+    pub(super) pos: usize,
+    pub(super) p: Pickle,
 }
 
 impl<'a> Machine<'a> {
-    fn fail<T>(&self, message: impl Into<String>) -> PResult<T> {
+    pub(super) fn fail<T>(&self, message: impl Into<String>) -> PResult<T> {
         err(self.pos, message)
     }
 
-    fn charge(&mut self, n: usize) -> PResult<()> {
+    pub(super) fn charge(&mut self, n: usize) -> PResult<()> {
         self.units += n;
         if self.units > self.limits.max_units {
             return self.fail(format!(
@@ -73,7 +73,7 @@ impl<'a> Machine<'a> {
         Ok(())
     }
 
-    fn push(&mut self, v: Value) -> PResult<()> {
+    pub(super) fn push(&mut self, v: Value) -> PResult<()> {
         if self.stack.len() >= self.limits.max_stack {
             return self.fail(format!(
                 "stack deeper than {} values",
@@ -84,7 +84,7 @@ impl<'a> Machine<'a> {
         Ok(())
     }
 
-    fn pop(&mut self) -> PResult<Value> {
+    pub(super) fn pop(&mut self) -> PResult<Value> {
         if self.marks.last().is_some_and(|&m| m >= self.stack.len()) {
             return self.fail("pops past a MARK");
         }
@@ -94,27 +94,27 @@ impl<'a> Machine<'a> {
         }
     }
 
-    fn top(&self) -> PResult<Value> {
+    pub(super) fn top(&self) -> PResult<Value> {
         match self.stack.last() {
             Some(&v) if self.marks.last().is_none_or(|&m| m < self.stack.len()) => Ok(v),
             _ => self.fail("needs a value on the stack"),
         }
     }
 
-    fn pop_mark(&mut self) -> PResult<Vec<Value>> {
+    pub(super) fn pop_mark(&mut self) -> PResult<Vec<Value>> {
         let Some(m) = self.marks.pop() else {
             return self.fail("no MARK to pop to");
         };
         Ok(self.stack.split_off(m))
     }
 
-    fn new_node(&mut self, node: Node) -> PResult<Value> {
+    pub(super) fn new_node(&mut self, node: Node) -> PResult<Value> {
         self.charge(1)?;
         self.p.nodes.push(node);
         Ok(Value::Node((self.p.nodes.len() - 1) as u32))
     }
 
-    fn new_str(&mut self, op: &Op, text: String) -> PResult<Value> {
+    pub(super) fn new_str(&mut self, op: &Op, text: String) -> PResult<Value> {
         self.charge(2)?;
         let (start, end) = (op.start as u32, op.end as u32);
         self.p.lits.push(Lit {
@@ -132,7 +132,7 @@ impl<'a> Machine<'a> {
     }
 
     /// A value pushed again by `GET`/`DUP`: strings get a new occurrence at this opcode.
-    fn again(&mut self, op: &Op, v: Value) -> PResult<Value> {
+    pub(super) fn again(&mut self, op: &Op, v: Value) -> PResult<Value> {
         if let Value::Str(occ) = v {
             self.charge(1)?;
             let lit = self.p.occurrences[occ as usize].lit;
@@ -147,7 +147,7 @@ impl<'a> Machine<'a> {
         Ok(v)
     }
 
-    fn memo_put(&mut self, index: u64) -> PResult<()> {
+    pub(super) fn memo_put(&mut self, index: u64) -> PResult<()> {
         let v = self.top()?;
         if !self.memo.put(index, v) {
             if self.memo.len() > self.limits.max_memo {
@@ -161,19 +161,19 @@ impl<'a> Machine<'a> {
         Ok(())
     }
 
-    fn memo_get(&self, index: u64) -> PResult<Value> {
+    pub(super) fn memo_get(&self, index: u64) -> PResult<Value> {
         match self.memo.get(index) {
             Some(v) => Ok(v),
             None => self.fail(format!("memo index {index} was never stored")),
         }
     }
 
-    fn line_str(&self, line: &[u8]) -> String {
+    pub(super) fn line_str(&self, line: &[u8]) -> String {
         String::from_utf8_lossy(line).into_owned()
     }
 
-    fn run(&mut self) -> PResult<()> {
-        use op::*;
+    pub(super) fn run(&mut self) -> PResult<()> {
+        use super::opcodes::op::*;
         let data = self.data;
         let mut pos = 0;
         loop {
@@ -470,14 +470,14 @@ impl<'a> Machine<'a> {
         }
     }
 
-    fn node_mut(&mut self, v: Value) -> Option<&mut Node> {
+    pub(super) fn node_mut(&mut self, v: Value) -> Option<&mut Node> {
         match v {
             Value::Node(id) => self.p.nodes.get_mut(id as usize),
             _ => None,
         }
     }
 
-    fn extend(&mut self, target: Value, items: Vec<Value>) -> PResult<()> {
+    pub(super) fn extend(&mut self, target: Value, items: Vec<Value>) -> PResult<()> {
         self.charge(items.len())?;
         match self.node_mut(target) {
             Some(Node::List(l)) => l.extend(items),
@@ -488,7 +488,7 @@ impl<'a> Machine<'a> {
         Ok(())
     }
 
-    fn key_repr(&self, key: Value) -> Option<KeyRepr> {
+    pub(super) fn key_repr(&self, key: Value) -> Option<KeyRepr> {
         match key {
             Value::Str(occ) => {
                 let lit = self.p.occurrences[occ as usize].lit;
@@ -502,7 +502,7 @@ impl<'a> Machine<'a> {
 
     /// `d[k] = v` for each pair: a repeated key keeps its first position and takes the
     /// last value, as Python dicts do.
-    fn set_items(&mut self, target: Value, items: Vec<Value>) -> PResult<()> {
+    pub(super) fn set_items(&mut self, target: Value, items: Vec<Value>) -> PResult<()> {
         if !items.len().is_multiple_of(2) {
             return self.fail("SETITEMS/DICT with an odd number of items");
         }
@@ -519,7 +519,7 @@ impl<'a> Machine<'a> {
         Ok(())
     }
 
-    fn build(&mut self, target: Value, state: Value) -> PResult<()> {
+    pub(super) fn build(&mut self, target: Value, state: Value) -> PResult<()> {
         match self.node_mut(target) {
             Some(Node::Object(obj)) => obj.state = Some(state),
             // OrderedDict state carries `_metadata` (module versions); tensors and
@@ -530,7 +530,7 @@ impl<'a> Machine<'a> {
         Ok(())
     }
 
-    fn persistent_load(&mut self, pid: Value) -> PResult<Value> {
+    pub(super) fn persistent_load(&mut self, pid: Value) -> PResult<Value> {
         // torch.serialization persistent_id: ('storage', storage_type, key, location, numel).
         if let Some(items) = self.p.sequence(pid) {
             let tag = items.first().and_then(|&v| {
@@ -584,7 +584,7 @@ impl<'a> Machine<'a> {
         self.new_node(Node::PersistentId(pid))
     }
 
-    fn bytes_text(&self, v: Value) -> Option<String> {
+    pub(super) fn bytes_text(&self, v: Value) -> Option<String> {
         match v {
             Value::Bytes { start, len } => Some(
                 String::from_utf8_lossy(&self.data[start as usize..(start + len) as usize])
@@ -594,7 +594,7 @@ impl<'a> Machine<'a> {
         }
     }
 
-    fn instantiate(&mut self, class: Value, args: Value) -> PResult<Value> {
+    pub(super) fn instantiate(&mut self, class: Value, args: Value) -> PResult<Value> {
         if let Some((m, n)) = self.p.global(class) {
             if is_dict_class(m, n) {
                 return self.new_node(Node::Dict(Dict::default()));
@@ -612,7 +612,7 @@ impl<'a> Machine<'a> {
 
     /// `callable(*args)`, for the few callables that are interpreted; anything else
     /// becomes an opaque object.
-    fn reduce(&mut self, callable: Value, args: Value, depth: usize) -> PResult<Value> {
+    pub(super) fn reduce(&mut self, callable: Value, args: Value, depth: usize) -> PResult<Value> {
         let Some((module, name)) = self.p.global(callable) else {
             return self.instantiate(callable, args);
         };
@@ -681,7 +681,7 @@ impl<'a> Machine<'a> {
         self.instantiate(callable, args)
     }
 
-    fn rebuild_tensor(
+    pub(super) fn rebuild_tensor(
         &mut self,
         argv: &[Value],
         dtype: Option<String>,
@@ -750,7 +750,7 @@ impl<'a> Machine<'a> {
     }
 }
 
-fn dict_insert(dict: &mut Dict, key: Value, value: Value, repr: Option<KeyRepr>) {
+pub(super) fn dict_insert(dict: &mut Dict, key: Value, value: Value, repr: Option<KeyRepr>) {
     let Some(repr) = repr else {
         dict.entries.push((key, value));
         return;
@@ -763,7 +763,7 @@ fn dict_insert(dict: &mut Dict, key: Value, value: Value, repr: Option<KeyRepr>)
     dict.index.insert(repr, dict.entries.len() - 1);
 }
 
-fn is_dict_class(module: &str, name: &str) -> bool {
+pub(super) fn is_dict_class(module: &str, name: &str) -> bool {
     matches!(
         (module, name),
         ("collections", "OrderedDict") | ("builtins" | "__builtin__", "dict")
@@ -788,7 +788,7 @@ pub fn storage_dtype(storage_type: &str) -> Option<&'static str> {
     })
 }
 
-fn parse_int_text(l: &[u8]) -> Value {
+pub(super) fn parse_int_text(l: &[u8]) -> Value {
     match std::str::from_utf8(l)
         .ok()
         .and_then(|s| s.trim().parse::<i64>().ok())
@@ -798,7 +798,7 @@ fn parse_int_text(l: &[u8]) -> Value {
     }
 }
 
-fn decode_long(b: &[u8]) -> Value {
+pub(super) fn decode_long(b: &[u8]) -> Value {
     if b.is_empty() {
         return Value::Int(0);
     }
@@ -812,7 +812,7 @@ fn decode_long(b: &[u8]) -> Value {
 }
 
 /// Python's `raw-unicode-escape`: `\uXXXX` and `\UXXXXXXXX` escapes, other bytes latin-1.
-fn decode_raw_unicode_escape(b: &[u8]) -> String {
+pub(super) fn decode_raw_unicode_escape(b: &[u8]) -> String {
     let mut out = String::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {

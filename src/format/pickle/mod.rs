@@ -35,7 +35,7 @@ mod rewrite;
 pub use machine::storage_dtype;
 pub use rewrite::{rewrite_strings, Rewrite};
 
-use machine::Machine;
+use machine::{Machine, Memo};
 
 use crate::dtype::DType;
 use std::collections::HashMap;

@@ -4,7 +4,7 @@
 use super::*;
 
 // Opcodes, named as in pickletools.py.
-mod op {
+pub(super) mod op {
     pub const MARK: u8 = b'(';
     pub const STOP: u8 = b'.';
     pub const POP: u8 = b'0';
@@ -81,7 +81,7 @@ mod op {
 
 /// The decoded argument of one opcode.
 #[derive(Debug, Clone, Copy)]
-enum Arg<'a> {
+pub(super) enum Arg<'a> {
     None,
     /// BININT, BININT1, BININT2.
     Int(i64),
@@ -99,21 +99,21 @@ enum Arg<'a> {
 
 /// One decoded opcode: its code, span and argument.
 #[derive(Debug, Clone, Copy)]
-struct Op<'a> {
-    code: u8,
-    start: usize,
-    end: usize,
-    arg: Arg<'a>,
+pub(super) struct Op<'a> {
+    pub(super) code: u8,
+    pub(super) start: usize,
+    pub(super) end: usize,
+    pub(super) arg: Arg<'a>,
 }
 
-struct Cursor<'a> {
-    data: &'a [u8],
-    pos: usize,
-    start: usize,
+pub(super) struct Cursor<'a> {
+    pub(super) data: &'a [u8],
+    pub(super) pos: usize,
+    pub(super) start: usize,
 }
 
 impl<'a> Cursor<'a> {
-    fn take(&mut self, n: u64) -> PResult<&'a [u8]> {
+    pub(super) fn take(&mut self, n: u64) -> PResult<&'a [u8]> {
         let remaining = (self.data.len() - self.pos) as u64;
         if n > remaining {
             return err(
@@ -125,28 +125,28 @@ impl<'a> Cursor<'a> {
         self.pos += n as usize;
         Ok(s)
     }
-    fn u8(&mut self) -> PResult<u64> {
+    pub(super) fn u8(&mut self) -> PResult<u64> {
         Ok(self.take(1)?[0] as u64)
     }
-    fn u16(&mut self) -> PResult<u64> {
+    pub(super) fn u16(&mut self) -> PResult<u64> {
         let b = self.take(2)?;
         Ok(u16::from_le_bytes([b[0], b[1]]) as u64)
     }
-    fn u32(&mut self) -> PResult<u64> {
+    pub(super) fn u32(&mut self) -> PResult<u64> {
         let b = self.take(4)?;
         Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as u64)
     }
-    fn i32(&mut self) -> PResult<i64> {
+    pub(super) fn i32(&mut self) -> PResult<i64> {
         let b = self.take(4)?;
         Ok(i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as i64)
     }
-    fn u64(&mut self) -> PResult<u64> {
+    pub(super) fn u64(&mut self) -> PResult<u64> {
         let b = self.take(8)?;
         let mut a = [0u8; 8];
         a.copy_from_slice(b);
         Ok(u64::from_le_bytes(a))
     }
-    fn line(&mut self) -> PResult<&'a [u8]> {
+    pub(super) fn line(&mut self) -> PResult<&'a [u8]> {
         match self.data[self.pos..].iter().position(|&b| b == b'\n') {
             Some(n) => {
                 let s = &self.data[self.pos..self.pos + n];
@@ -159,7 +159,7 @@ impl<'a> Cursor<'a> {
             ),
         }
     }
-    fn counted_i32(&mut self) -> PResult<&'a [u8]> {
+    pub(super) fn counted_i32(&mut self) -> PResult<&'a [u8]> {
         let n = self.i32()?;
         if n < 0 {
             return err(self.start, format!("negative length {n}"));
@@ -169,7 +169,7 @@ impl<'a> Cursor<'a> {
 }
 
 /// Decodes the opcode at `pos`.
-fn read_op(data: &[u8], pos: usize) -> PResult<Op<'_>> {
+pub(super) fn read_op(data: &[u8], pos: usize) -> PResult<Op<'_>> {
     use op::*;
     let Some(&code) = data.get(pos) else {
         return err(pos, "pickle ends without STOP (truncated)");

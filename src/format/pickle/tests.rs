@@ -1,5 +1,6 @@
 //! Pickles built opcode by opcode, against what CPython's pickle does with them.
 
+use super::opcodes::op;
 use super::*;
 
 /// Builds pickles opcode by opcode.

@@ -145,6 +145,19 @@ impl<'a> State<'a> {
         out
     }
 
+    /// The target modules matched to the source tensor `si`'s ancestors, nearest first,
+    /// then the target root: where its counterpart is looked for, in that order.
+    pub(super) fn matched_scopes(&self, si: usize) -> Vec<usize> {
+        let mut scopes: Vec<usize> = self
+            .s
+            .ancestors_of_tensor(si)
+            .into_iter()
+            .filter_map(|a| self.st.node_pairs.get(&a).copied())
+            .collect();
+        scopes.push(0);
+        scopes
+    }
+
     /// Candidate targets of source tensor `si`, nearest context first, up to `limit`
     /// (all when `limit` is `None`), unscored.
     pub(super) fn candidate_targets(
@@ -154,13 +167,7 @@ impl<'a> State<'a> {
         exclude: Option<usize>,
     ) -> Vec<usize> {
         let sf = &self.s.feats[si];
-        let mut scopes: Vec<usize> = self
-            .s
-            .ancestors_of_tensor(si)
-            .into_iter()
-            .filter_map(|a| self.st.node_pairs.get(&a).copied())
-            .collect();
-        scopes.push(0);
+        let scopes = self.matched_scopes(si);
         let mut chosen: Vec<usize> = vec![];
         let mut seen: HashSet<usize> = HashSet::new();
         'scopes: for b in scopes {

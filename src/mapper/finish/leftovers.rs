@@ -302,14 +302,7 @@ impl<'a> State<'a> {
         if cands.len() <= MAX_EXACT_CANDIDATES {
             return cands;
         }
-        let si = self.s.units[su].tensors[0].1;
-        let mut scopes: Vec<usize> = self
-            .s
-            .ancestors_of_tensor(si)
-            .into_iter()
-            .filter_map(|a| self.st.node_pairs.get(&a).copied())
-            .collect();
-        scopes.push(0);
+        let scopes = self.matched_scopes(self.s.units[su].tensors[0].1);
         let mut kept: Vec<usize> = vec![];
         for b in scopes {
             let path = &self.t.nodes[b].path;

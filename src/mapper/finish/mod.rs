@@ -64,6 +64,9 @@ pub(crate) struct State<'a> {
     /// The batched score's features of both sides, computed the first time it runs.
     #[cfg(feature = "libtorch")]
     features: std::sync::OnceLock<(Features, Features)>,
+    /// Each side's tensors by shape key (see [`State::shape_peers`]), built the first time
+    /// a reason is looked for: comparing shapes once per shape class, not once per pair.
+    shape_index: std::sync::OnceLock<[HashMap<Vec<i64>, Vec<usize>>; 2]>,
 }
 
 /// What one round of leftover assignment found.
@@ -164,6 +167,7 @@ pub(crate) fn run<'a>(m: &'a Mapper, opts: &SuggestOptions) -> Result<(MappingRe
         device: m.options.device,
         #[cfg(feature = "libtorch")]
         features: Default::default(),
+        shape_index: Default::default(),
     };
     let relations: Vec<Found> = stacks
         .into_iter()

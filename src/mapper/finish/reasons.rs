@@ -95,6 +95,46 @@ impl<'a> State<'a> {
         }
     }
 
+    /// The shape key of the index: the shape, or with reshapes allowed the shape without
+    /// its size-1 dimensions (so that every shape relation is a lookup).
+    fn shape_key(&self, shape: &[i64]) -> Vec<i64> {
+        if self.allow_reshape {
+            shape.iter().copied().filter(|&d| d != 1).collect()
+        } else {
+            shape.to_vec()
+        }
+    }
+
+    /// Tensors of one side (`target_side`: the target's, else the source's) whose shape may
+    /// relate to `shape` (equal, transposed, or reshaped when allowed), in index order: a
+    /// superset of the shape candidates, found by lookup instead of a scan of the model.
+    pub(super) fn shape_peers(&self, shape: &[i64], target_side: bool) -> Vec<usize> {
+        let index = self.shape_index.get_or_init(|| {
+            [&self.s, &self.t].map(|side| {
+                let mut m: HashMap<Vec<i64>, Vec<usize>> = HashMap::new();
+                for (j, g) in side.feats.iter().enumerate() {
+                    m.entry(self.shape_key(&g.shape)).or_default().push(j);
+                }
+                m
+            })
+        });
+        let index = &index[usize::from(target_side)];
+        let mut keys = vec![self.shape_key(shape)];
+        if shape.len() == 2 {
+            keys.push(self.shape_key(&[shape[1], shape[0]]));
+        }
+        keys.dedup();
+        let mut peers: Vec<usize> = keys
+            .iter()
+            .filter_map(|k| index.get(k))
+            .flatten()
+            .copied()
+            .collect();
+        peers.sort_unstable();
+        peers.dedup();
+        peers
+    }
+
     /// Why an unmatched tensor with no recorded reason is unmatched.
     pub(super) fn open_reason(
         &self,
@@ -111,7 +151,8 @@ impl<'a> State<'a> {
         let f = &me.feats[i];
         let mut any_shape = false;
         let mut allowed: Vec<usize> = vec![];
-        for (j, g) in other.feats.iter().enumerate() {
+        for j in self.shape_peers(&f.shape, !is_source) {
+            let g = &other.feats[j];
             if !other.active[j] {
                 continue;
             }

@@ -8,8 +8,15 @@
 
 pub mod pickle;
 pub mod safetensors;
+mod spec_json;
+mod strict_json;
+
+pub use spec_json::read_spec_json;
+pub(crate) use strict_json::read_json;
+pub use strict_json::MAX_JSON_BYTES;
 pub mod torch_zip;
 pub mod torchscript;
+pub mod torchscript_archive;
 
 use crate::error::{Error, Result};
 use crate::normalize;
@@ -37,6 +44,14 @@ pub fn detect_format(path: &Path) -> Result<Format> {
         return Err(Error::UnknownFormat {
             path: path.into(),
             message: "is a directory; give a checkpoint, a TorchScript model, a safetensors file or its *.safetensors.index.json".into(),
+        });
+    }
+    if !meta.is_file() {
+        // A FIFO, a device (/dev/zero) or a socket has no length to bound reads by and
+        // may never end; none of them is a checkpoint.
+        return Err(Error::UnknownFormat {
+            path: path.into(),
+            message: "not a regular file (a FIFO, device or socket); give a checkpoint file".into(),
         });
     }
     if meta.len() == 0 {
@@ -77,9 +92,6 @@ pub fn detect_format(path: &Path) -> Result<Format> {
     })
 }
 
-/// Largest JSON file (index or model spec) read whole; model specs of 100k tensors are ~30 MB.
-pub const MAX_JSON_BYTES: u64 = 1 << 30;
-
 fn json_kind(path: &Path) -> Result<Format> {
     let value = read_json(path)?;
     if value.get("weight_map").is_some() {
@@ -92,22 +104,6 @@ fn json_kind(path: &Path) -> Result<Format> {
             message: "JSON but neither a safetensors index (no \"weight_map\") nor a model spec (no \"tensors\" list)".into(),
         })
     }
-}
-
-/// Reads a JSON file whole, bounded by [`MAX_JSON_BYTES`].
-pub(crate) fn read_json(path: &Path) -> Result<serde_json::Value> {
-    let len = std::fs::metadata(path)
-        .map_err(|e| Error::io(path, e))?
-        .len();
-    if len > MAX_JSON_BYTES {
-        return Err(Error::corrupt(
-            path,
-            "JSON",
-            format!("{len} bytes is larger than the {MAX_JSON_BYTES}-byte limit"),
-        ));
-    }
-    let text = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    serde_json::from_slice(&text).map_err(|e| Error::corrupt(path, "JSON", e.to_string()))
 }
 
 /// Reads `path` into a model spec (names, shapes, dtypes, order), then strips wrapper
@@ -139,55 +135,6 @@ pub fn read_model(path: &Path, options: &ReadOptions) -> Result<ModelSpec> {
     };
     if !options.keep_prefixes {
         normalize::strip_wrapper_prefixes(&mut spec);
-    }
-    Ok(spec)
-}
-
-/// Reads a model spec JSON (as written by `weightmap inspect --json`, or by hand with at
-/// least `tensors: [{name, shape, dtype}]`).
-pub fn read_spec_json(path: &Path) -> Result<ModelSpec> {
-    let value = read_json(path)?;
-    let tensors = value
-        .get("tensors")
-        .and_then(|t| t.as_array())
-        .ok_or_else(|| Error::corrupt(path, "model spec JSON", "no \"tensors\" list"))?;
-    let mut spec = ModelSpec::new(
-        path.display().to_string(),
-        Format::SpecJson,
-        Vec::with_capacity(tensors.len()),
-    );
-    for (i, t) in tensors.iter().enumerate() {
-        let bad =
-            |what: &str| Error::corrupt(path, "model spec JSON", format!("tensors[{i}]: {what}"));
-        let name = t
-            .get("name")
-            .and_then(|v| v.as_str())
-            .ok_or_else(|| bad("no \"name\" string"))?;
-        let shape = t
-            .get("shape")
-            .and_then(|v| v.as_array())
-            .ok_or_else(|| bad("no \"shape\" list"))?
-            .iter()
-            .map(|d| {
-                d.as_i64()
-                    .filter(|&d| d >= 0)
-                    .ok_or_else(|| bad("shape entries must be non-negative integers"))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let dtype = t.get("dtype").and_then(|v| v.as_str()).unwrap_or("float32");
-        let kind = match t.get("kind").and_then(|v| v.as_str()) {
-            Some("parameter") => crate::spec::TensorKind::Parameter,
-            Some("buffer") => crate::spec::TensorKind::Buffer,
-            _ => crate::spec::TensorKind::Unknown,
-        };
-        let mut info = crate::spec::TensorInfo::new(name, shape, dtype, kind, i);
-        if let Some(p) = t.get("persistent").and_then(|v| v.as_bool()) {
-            info.persistent = p;
-        }
-        if let Some(tied) = t.get("tied_to").and_then(|v| v.as_str()) {
-            info.tied_to = Some(tied.to_string());
-        }
-        spec.tensors.push(info);
     }
     Ok(spec)
 }

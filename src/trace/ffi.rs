@@ -286,6 +286,8 @@ impl ScriptModule {
                 ),
             });
         }
+        // libtorch's loader recurses over the archive's code and pickles; bound them first.
+        crate::read::torchscript_archive::check(path)?;
         let c_path = c_string("path", &path.to_string_lossy())?;
         let c_device = c_string("--device", &device_name(device))?;
         let mut err: *mut c_char = std::ptr::null_mut();

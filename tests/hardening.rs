@@ -452,3 +452,56 @@ fn real_torchscript_fixtures_pass_the_check() {
             .unwrap_or_else(|e| panic!("{f}: {e}"));
     }
 }
+
+// ---- every other hostile file in models/bad/, one named test each -----------------------
+
+/// `weightmap inspect FILE` ends with exit status 1, nothing on stdout, and `want` (which
+/// names the problem) after the file's name on stderr.
+fn inspect_refuses(file: &str, want: &str) {
+    let path = models().join("bad").join(file);
+    assert!(
+        path.is_file(),
+        "{} is missing; run scripts/make_fixtures.py",
+        path.display()
+    );
+    let o = weightmap(&["inspect", s(&path)]);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{file}: {:?} {}",
+        o.status,
+        stderr(&o)
+    );
+    assert!(o.stdout.is_empty(), "{file}: partial output");
+    let err = stderr(&o);
+    assert!(err.contains(&format!("{file}: ")), "{file}: {err}");
+    assert!(err.contains(want), "{file}: {err}");
+}
+
+macro_rules! bad_file_tests {
+    ($($test:ident: $file:literal => $want:literal;)*) => {$(
+        #[test]
+        fn $test() {
+            inspect_refuses($file, $want);
+        }
+    )*};
+}
+
+bad_file_tests! {
+    bad_absurd_shape_safetensors: "absurd_shape.safetensors" => "tensor 'w': shape overflows";
+    bad_corrupt_central_directory: "corrupt_cd.pth" => "corrupt zip";
+    bad_deep_mark_recursion: "deep_recursion.pth" => "MARKs nested deeper than 10000";
+    bad_empty_file: "empty.pth" => "the file is empty";
+    bad_header_too_large: "header_too_large.safetensors" => "header declares 18446744073709551615 bytes";
+    bad_huge_string_length: "huge_length.pth" => "declares 4611686018427387904 bytes but only 2 remain";
+    bad_legacy_format: "legacy.pth" => "legacy (pre-1.6, non-zip) torch.save format";
+    bad_memo_bomb: "memo_bomb.pth" => "more than 4194304 memo entries";
+    bad_missing_record: "missing_record.pth" => "which the archive does not contain";
+    bad_neither_json: "neither.json" => "neither a safetensors index";
+    bad_zip_without_data_pkl: "no_data_pkl.zip" => "a zip archive without data.pkl";
+    bad_random_bytes: "random.bin" => "not a torch.save checkpoint, TorchScript archive";
+    bad_short_record: "short_record.pth" => "needs 864 bytes of storage record";
+    bad_truncated_zip: "truncated.pth" => "corrupt zip";
+    bad_truncated_safetensors: "truncated.safetensors" => "(truncated file?)";
+    bad_whole_module: "whole_module.pth" => "not a state dict";
+}

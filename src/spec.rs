@@ -132,7 +132,11 @@ impl TensorInfo {
             original_name: name.to_string(),
             module: module.to_string(),
             leaf: leaf.to_string(),
-            numel: shape.iter().map(|&d| d.max(0) as u64).product(),
+            // Readers refuse shapes whose product overflows (`checked_numel`); saturating
+            // here keeps a hand-built spec from wrapping to a small, wrong count.
+            numel: shape
+                .iter()
+                .fold(1u64, |n, &d| n.saturating_mul(d.max(0) as u64)),
             depth: if module.is_empty() {
                 0
             } else {
@@ -163,8 +167,18 @@ impl TensorInfo {
 
     /// Bytes of data, from the dtype's element size.
     pub fn nbytes(&self) -> u64 {
-        self.numel * dtype_size(&self.dtype) as u64
+        self.numel.saturating_mul(dtype_size(&self.dtype) as u64)
     }
+}
+
+/// The number of elements of `shape`, or `None` when a dimension is negative or the
+/// product does not fit torch's 64-bit signed element count (a hostile or corrupt shape
+/// whose product would otherwise wrap around to a small, plausible number).
+pub fn checked_numel(shape: &[i64]) -> Option<u64> {
+    shape
+        .iter()
+        .try_fold(1i64, |n, &d| if d < 0 { None } else { n.checked_mul(d) })
+        .map(|n| n as u64)
 }
 
 /// Splits `a.b.weight` into (`a.b`, `weight`).

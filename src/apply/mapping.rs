@@ -40,14 +40,21 @@ impl Transform {
                 Ok(vec![shape[1], shape[0]])
             }
             Transform::Reshape(dims) => {
-                let numel: i64 = shape.iter().product();
                 let inferred = dims.iter().filter(|&&d| d == -1).count();
                 if inferred > 1 || dims.iter().any(|&d| d < -1) {
                     return Err(format!(
                         "reshape to {dims:?}: dimensions must be >= 0, with at most one -1"
                     ));
                 }
-                let known: i64 = dims.iter().filter(|&&d| d != -1).product();
+                // Checked products: dimensions whose product wraps around (28672 x
+                // 7905747460161236407 wraps to 4096) must not pass for a fitting shape.
+                let numel = crate::spec::checked_numel(shape)
+                    .ok_or_else(|| format!("the source shape {shape:?} has too many elements"))?
+                    as i64;
+                let known: Vec<i64> = dims.iter().copied().filter(|&d| d != -1).collect();
+                let known = crate::spec::checked_numel(&known).ok_or_else(|| {
+                    format!("reshape to {dims:?}: the dimensions' product overflows 64 bits")
+                })? as i64;
                 let mut out = dims.clone();
                 if inferred == 1 {
                     if known == 0 || numel % known != 0 {

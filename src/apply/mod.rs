@@ -85,6 +85,9 @@ pub struct ApplyOptions {
     pub keep_unmapped: bool,
     /// Overwrite an existing output.
     pub force: bool,
+    /// Write the output even when the mapping maps nothing (a checkpoint of unmapped or no
+    /// tensors); without it an empty mapping is refused, as it is most likely a mistake.
+    pub allow_empty: bool,
 }
 
 /// What [`apply`] wrote.
@@ -133,6 +136,14 @@ pub fn apply(
         None => OutputFormat::from_path(out)?,
     };
     let resolved = mapping.resolve(source, target, mapping_context)?;
+    if resolved.is_empty() && !options.allow_empty {
+        return Err(Error::invalid(
+            "mapping",
+            format!(
+                "{mapping_context} maps no tensor, so the output would hold none of the target's names; check the mapping, or pass --allow-empty to write it anyway"
+            ),
+        ));
+    }
     let data = TensorData::open(source)?;
     // The data files, and the file the spec was read from (a sharded index).
     let mut inputs: Vec<PathBuf> = data.files.iter().map(|(p, _)| p.clone()).collect();

@@ -27,9 +27,12 @@ pub struct Args {
     /// Write unmapped source tensors too, under their own names.
     #[arg(long)]
     pub keep_unmapped: bool,
-    /// Overwrite the output if it exists.
+    /// Overwrite the output if it exists (a regular file only).
     #[arg(long)]
     pub force: bool,
+    /// Write the output even when the mapping maps no tensor.
+    #[arg(long)]
+    pub allow_empty: bool,
     /// Take the state dict from this nested key of the source (e.g. state_dict_ema).
     #[arg(long)]
     pub state_dict_key: Option<String>,
@@ -82,6 +85,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         format,
         keep_unmapped: args.keep_unmapped,
         force: args.force,
+        allow_empty: args.allow_empty,
     };
     let summary = apply::apply(
         &source,

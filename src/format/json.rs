@@ -1,11 +1,88 @@
-//! JSON files: bounded reads and atomic writes (model specs, sharded-safetensors indexes,
-//! execution orders, mappings, reports).
+//! JSON files: bounded reads that refuse an object with the same key twice, and atomic
+//! writes (model specs, sharded-safetensors indexes, execution orders, mappings, reports).
+//!
+//! `serde_json` keeps the last of two equal keys silently, so a safetensors header, a
+//! sharded index or a mapping file that names a tensor twice would be read as naming it
+//! once, with whichever entry came last. Every JSON file weightmap reads goes through
+//! [`from_slice`] instead, which builds the same [`Value`] but stops at the first repeated
+//! key. Nesting stays bounded by `serde_json`'s recursion limit (128).
 
 use crate::error::{Error, Result};
 use crate::output::OutputFile;
+use serde::de::{Deserialize, Deserializer, Error as _, MapAccess, SeqAccess, Visitor};
 use serde::Serialize;
+use serde_json::{Map, Number, Value};
+use std::fmt;
 use std::io::Write;
 use std::path::Path;
+
+/// A [`Value`] whose objects had no repeated key.
+struct Strict(Value);
+
+impl<'de> Deserialize<'de> for Strict {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(StrictVisitor).map(Strict)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> Visitor<'de> for StrictVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::Number(v.into()))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::Number(v.into()))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_string()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(Strict(v)) = seq.next_element()? {
+            items.push(v);
+        }
+        Ok(Value::Array(items))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let Strict(v) = map.next_value()?;
+            if out.contains_key(&key) {
+                return Err(A::Error::custom(format!(
+                    "the key \"{key}\" appears twice in one object; keep one of the two entries"
+                )));
+            }
+            out.insert(key, v);
+        }
+        Ok(Value::Object(out))
+    }
+}
+
+/// Parses `bytes` as JSON, refusing objects with a repeated key (the message names it).
+pub fn from_slice(bytes: &[u8]) -> serde_json::Result<Value> {
+    serde_json::from_slice::<Strict>(bytes).map(|s| s.0)
+}
 
 /// Largest JSON file (index or model spec) read whole; model specs of 100k tensors are ~30 MB.
 pub const MAX_JSON_BYTES: u64 = 1 << 30;
@@ -23,7 +100,7 @@ pub fn read_json(path: &Path) -> Result<serde_json::Value> {
         ));
     }
     let text = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    serde_json::from_slice(&text).map_err(|e| Error::corrupt(path, "JSON", e.to_string()))
+    from_slice(&text).map_err(|e| Error::corrupt(path, "JSON", e.to_string()))
 }
 
 /// Writes `value` as pretty JSON (and a final newline) to `path`, through a temporary file
@@ -36,4 +113,24 @@ pub fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
     writer.flush().map_err(|e| Error::io(path, e))?;
     drop(writer);
     out.commit()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_value_as_serde_json() {
+        let text = br#"{"a": [1, -2, 3.5, "x", null, true], "b": {"c": {}}}"#;
+        assert_eq!(
+            from_slice(text).unwrap(),
+            serde_json::from_slice::<Value>(text).unwrap()
+        );
+    }
+
+    #[test]
+    fn repeated_key_is_named() {
+        let e = from_slice(br#"{"x": {"w": 1, "w": 2}}"#).unwrap_err();
+        assert!(e.to_string().contains("\"w\" appears twice"), "{e}");
+    }
 }

@@ -78,8 +78,15 @@ pub fn read_header(path: &Path) -> Result<Header> {
     }
     let mut buf = vec![0u8; n as usize];
     file.read_exact(&mut buf).map_err(|e| Error::io(path, e))?;
-    let value: serde_json::Value = serde_json::from_slice(&buf)
-        .map_err(|e| Error::corrupt(path, FORMAT, format!("header is not valid JSON: {e}")))?;
+    let value: serde_json::Value = super::json::from_slice(&buf).map_err(|e| {
+        // A repeated tensor name is valid JSON but an invalid header.
+        let what = if e.is_data() {
+            "header"
+        } else {
+            "header is not valid JSON"
+        };
+        Error::corrupt(path, FORMAT, format!("{what}: {e}"))
+    })?;
     let obj = value
         .as_object()
         .ok_or_else(|| Error::corrupt(path, FORMAT, "header is not a JSON object"))?;
@@ -201,6 +208,37 @@ fn push_entries(spec: &mut ModelSpec, file: &Path, header: &Header) {
     }
 }
 
+/// Refuses a shard that resolves (through symbolic links) to a file outside the index's
+/// folder: an index names files beside it, and a link to `/etc/passwd` or another user's
+/// files is not a shard. A shard may also resolve to the folder the index itself resolves
+/// to: the Hugging Face hub cache links both the index and its shards into `blobs/`.
+fn check_inside(index_path: &Path, dir: &Path, file: &Path) -> Result<()> {
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let real_dir = dir.canonicalize().map_err(|e| Error::io(dir, e))?;
+    let real_index = index_path
+        .canonicalize()
+        .map_err(|e| Error::io(index_path, e))?;
+    let real = file.canonicalize().map_err(|e| Error::io(file, e))?;
+    let parent = real.parent();
+    if parent != Some(real_dir.as_path()) && parent != real_index.parent() {
+        return Err(Error::corrupt(
+            index_path,
+            "safetensors index",
+            format!(
+                "shard {} resolves to {}, outside the index's folder {}; copy the shard beside the index",
+                file.display(),
+                real.display(),
+                real_dir.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Reads sharded safetensors through its `*.safetensors.index.json`: every shard's
 /// header, tensors in the index's `weight_map` order.
 pub fn read_sharded(index_path: &Path) -> Result<ModelSpec> {
@@ -238,7 +276,9 @@ pub fn read_sharded(index_path: &Path) -> Result<ModelSpec> {
         let si = match shards.iter().position(|(s, _)| s == shard) {
             Some(i) => i,
             None => {
-                let h = read_header(&dir.join(shard))?;
+                let file = dir.join(shard);
+                check_inside(index_path, dir, &file)?;
+                let h = read_header(&file)?;
                 shards.push((shard.to_string(), h));
                 shards.len() - 1
             }

@@ -237,7 +237,7 @@ pub fn read_layout(path: &Path) -> Result<ArchiveLayout> {
 }
 
 /// Opens the zip at `path` and reads its layout; the open zip serves to read entries.
-fn open_layout(path: &Path) -> Result<(zip::ZipArchive<std::fs::File>, ArchiveLayout)> {
+pub(crate) fn open_layout(path: &Path) -> Result<(zip::ZipArchive<std::fs::File>, ArchiveLayout)> {
     let corrupt = |m: String| Error::corrupt(path, FORMAT, m);
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
@@ -390,6 +390,12 @@ pub fn open(path: &Path, state_dict_key: Option<&str>) -> Result<TorchArchive> {
     // Every tensor must fit in its storage record; checked from the central directory.
     for e in &tensors {
         let t = &e.tensor;
+        if crate::spec::checked_numel(&t.shape).is_none() {
+            return Err(corrupt(format!(
+                "tensor '{}': shape {:?} has a negative dimension or more elements than a 64-bit count holds",
+                e.key, t.shape
+            )));
+        }
         let record = layout.entry_name(&format!("data/{}", t.storage.key));
         let Some(have) = layout.record(&t.storage.key).map(|r| r.size) else {
             return Err(corrupt(format!(
@@ -440,7 +446,7 @@ fn join(prefix: &str, rel: &str) -> String {
     }
 }
 
-fn read_entry(
+pub(crate) fn read_entry(
     zip: &mut zip::ZipArchive<std::fs::File>,
     index: usize,
     limit: u64,

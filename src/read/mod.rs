@@ -6,8 +6,11 @@
 //! `code/` is a TorchScript archive, an 8-byte length followed by `{` is safetensors,
 //! and JSON is either a sharded-safetensors index (`weight_map`) or a model spec.
 
+mod spec_json;
 pub mod torchscript;
+pub mod torchscript_archive;
 
+pub use spec_json::read_spec_json;
 pub use torchscript::script_module;
 
 use crate::error::{Error, Result};
@@ -38,6 +41,14 @@ pub fn detect_format(path: &Path) -> Result<Format> {
         return Err(Error::UnknownFormat {
             path: path.into(),
             message: "is a directory; give a checkpoint, a TorchScript model, a safetensors file or its *.safetensors.index.json".into(),
+        });
+    }
+    if !meta.is_file() {
+        // A FIFO, a device (/dev/zero) or a socket has no length to bound reads by and
+        // may never end; none of them is a checkpoint.
+        return Err(Error::UnknownFormat {
+            path: path.into(),
+            message: "not a regular file (a FIFO, device or socket); give a checkpoint file".into(),
         });
     }
     if meta.len() == 0 {
@@ -119,54 +130,5 @@ pub fn read_raw(path: &Path, options: &ReadOptions) -> Result<ModelSpec> {
         Format::TorchScript => torchscript::read(path)?,
         Format::SpecJson => read_spec_json(path)?,
     };
-    Ok(spec)
-}
-
-/// Reads a model spec JSON (as written by `weightmap inspect --json`, or by hand with at
-/// least `tensors: [{name, shape, dtype}]`).
-pub fn read_spec_json(path: &Path) -> Result<ModelSpec> {
-    let value = read_json(path)?;
-    let tensors = value
-        .get("tensors")
-        .and_then(|t| t.as_array())
-        .ok_or_else(|| Error::corrupt(path, "model spec JSON", "no \"tensors\" list"))?;
-    let mut spec = ModelSpec::new(
-        path.display().to_string(),
-        Format::SpecJson,
-        Vec::with_capacity(tensors.len()),
-    );
-    for (i, t) in tensors.iter().enumerate() {
-        let bad =
-            |what: &str| Error::corrupt(path, "model spec JSON", format!("tensors[{i}]: {what}"));
-        let name = t
-            .get("name")
-            .and_then(|v| v.as_str())
-            .ok_or_else(|| bad("no \"name\" string"))?;
-        let shape = t
-            .get("shape")
-            .and_then(|v| v.as_array())
-            .ok_or_else(|| bad("no \"shape\" list"))?
-            .iter()
-            .map(|d| {
-                d.as_i64()
-                    .filter(|&d| d >= 0)
-                    .ok_or_else(|| bad("shape entries must be non-negative integers"))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let dtype = t.get("dtype").and_then(|v| v.as_str()).unwrap_or("float32");
-        let kind = match t.get("kind").and_then(|v| v.as_str()) {
-            Some("parameter") => crate::spec::TensorKind::Parameter,
-            Some("buffer") => crate::spec::TensorKind::Buffer,
-            _ => crate::spec::TensorKind::Unknown,
-        };
-        let mut info = crate::spec::TensorInfo::new(name, shape, dtype, kind, i);
-        if let Some(p) = t.get("persistent").and_then(|v| v.as_bool()) {
-            info.persistent = p;
-        }
-        if let Some(tied) = t.get("tied_to").and_then(|v| v.as_str()) {
-            info.tied_to = Some(tied.to_string());
-        }
-        spec.tensors.push(info);
-    }
     Ok(spec)
 }

@@ -31,6 +31,8 @@ pub fn script_module(path: &Path, device: Device) -> Result<ScriptModule> {
             ),
         });
     }
+    // libtorch's loader recurses over the archive's code and pickles: bound them first.
+    super::torchscript_archive::check(path)?;
     ScriptModule::load(path, device)
 }
 

@@ -181,7 +181,10 @@ fn text(r: &DiffResult, all: bool) -> String {
                 m.a, m.a_index, m.b, m.b_index
             ));
         }
-        section("forward graphs", lines);
+        s.push_str("\nforward graphs:\n");
+        for l in lines {
+            s.push_str(&format!("  {l}\n"));
+        }
     }
     s
 }

@@ -18,11 +18,13 @@
 //!
 //! For two TorchScript models, [`graph`] compares the forward graphs too.
 
+mod by_content;
 mod content;
 pub mod graph;
 mod html;
 mod torchscript;
 
+pub use by_content::{suggest_by_content, ContentMapping};
 pub use content::Stats;
 
 use crate::apply::data::TensorData;
@@ -129,11 +131,8 @@ pub fn diff(a: &Path, b: &Path, options: &DiffOptions) -> Result<DiffResult> {
     }
     let mut sa = read_model(a, &options.read)?;
     let mut sb = read_model(b, &options.read)?;
-    for s in [&mut sa, &mut sb] {
-        if s.format == Format::TorchScript {
-            torchscript::locate_tensors(s)?;
-        }
-    }
+    locate_values(&mut sa)?;
+    locate_values(&mut sb)?;
     let both_scripts = sa.format == Format::TorchScript && sb.format == Format::TorchScript;
     // The engine puts back a prefix stripped on one side that the other uses: both sides
     // then name things alike, so its specs are the ones compared.
@@ -153,6 +152,21 @@ pub fn diff(a: &Path, b: &Path, options: &DiffOptions) -> Result<DiffResult> {
         result.graph = Some(graph::compare(a, b, &pairs)?);
     }
     Ok(result)
+}
+
+/// Gives every tensor of `spec` the location of its values (TorchScript archives: from
+/// their pickle; checkpoints already have them).
+///
+/// Errors: a model spec JSON, which has no values.
+pub(crate) fn locate_values(spec: &mut ModelSpec) -> Result<()> {
+    match spec.format {
+        Format::TorchScript => torchscript::locate_tensors(spec),
+        Format::SpecJson => Err(crate::Error::Unsupported {
+            path: spec.path.clone().into(),
+            message: "a model spec has names and shapes but no values to compare; give a checkpoint, safetensors file or TorchScript model".into(),
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// Content key: dtype, shape, hash.
@@ -338,67 +352,18 @@ impl<'s> Diff<'s> {
 
     /// Pairs the free tensors whose content occurs exactly once on each side.
     fn pair_by_content(&mut self) -> Result<()> {
-        let (a, b) = (self.a, self.b);
-        let mut groups: HashMap<ContentKey<'s>, (Vec<usize>, Vec<usize>)> = HashMap::new();
-        for (i, t) in a
-            .tensors
-            .iter()
-            .enumerate()
-            .filter(|&(i, _)| self.free_a[i])
-        {
-            groups
-                .entry((&t.dtype, &t.shape, self.hash_a[i]))
-                .or_default()
-                .0
-                .push(i);
+        let sides = [
+            Side::new(self.a, &self.da, &self.hash_a, &self.free_a),
+            Side::new(self.b, &self.db, &self.hash_b, &self.free_b),
+        ];
+        let (pairs, notes) = unique_content_pairs(&sides[0], &sides[1])?;
+        for (i, j) in pairs {
+            self.take(i, j);
+            let mut e = single(Some(&self.a.tensors[i]), Some(&self.b.tensors[j]));
+            e.paired_by = Some(PairedBy::Content);
+            self.result.renamed.push(e);
         }
-        for (j, t) in b
-            .tensors
-            .iter()
-            .enumerate()
-            .filter(|&(j, _)| self.free_b[j])
-        {
-            if let Some(g) = groups.get_mut(&(t.dtype.as_str(), t.shape.as_slice(), self.hash_b[j]))
-            {
-                g.1.push(j);
-            }
-        }
-        let mut unique = Vec::new();
-        let mut shared = Vec::new();
-        for (ia, ib) in groups.values() {
-            match (ia.as_slice(), ib.as_slice()) {
-                (_, []) => {}
-                ([i], [j]) => unique.push((*i, *j)),
-                _ => shared.push((ia.clone(), ib.clone())),
-            }
-        }
-        unique.sort_unstable();
-        // The hash found them; the bytes prove them.
-        let (da, db) = (&self.da, &self.db);
-        let confirmed: Vec<bool> = unique
-            .par_iter()
-            .map(|&(i, j)| Ok(content::compare(da, &a.tensors[i], db, &b.tensors[j])?.0))
-            .collect::<Result<_>>()?;
-        for (&(i, j), ok) in unique.iter().zip(confirmed) {
-            if ok {
-                self.take(i, j);
-                let mut e = single(Some(&a.tensors[i]), Some(&b.tensors[j]));
-                e.paired_by = Some(PairedBy::Content);
-                self.result.renamed.push(e);
-            }
-        }
-        shared.sort();
-        for (ia, ib) in shared {
-            let t = &a.tensors[ia[0]];
-            self.result.notes.push(format!(
-                "{} tensor(s) in A and {} in B hold the same {} {:?} content (e.g. '{}'): not unique, paired by name and structure",
-                ia.len(),
-                ib.len(),
-                t.dtype,
-                t.shape,
-                t.original_name
-            ));
-        }
+        self.result.notes.extend(notes);
         Ok(())
     }
 
@@ -450,6 +415,113 @@ impl<'s> Diff<'s> {
         self.result.converted.push(e);
         Ok(())
     }
+}
+
+/// One model as content pairing sees it: its tensors, their data, their hashes, and
+/// which of them are still to be paired.
+pub(crate) struct Side<'s> {
+    spec: &'s ModelSpec,
+    data: &'s TensorData,
+    hash: &'s [u64],
+    free: &'s [bool],
+}
+
+impl<'s> Side<'s> {
+    fn new(spec: &'s ModelSpec, data: &'s TensorData, hash: &'s [u64], free: &'s [bool]) -> Self {
+        Side {
+            spec,
+            data,
+            hash,
+            free,
+        }
+    }
+}
+
+/// The hashes of every tensor of `spec` (0 for those not `wanted`), read in parallel.
+pub(crate) fn hash_all(spec: &ModelSpec, data: &TensorData, wanted: &[bool]) -> Result<Vec<u64>> {
+    let todo: Vec<usize> = (0..spec.tensors.len()).filter(|&i| wanted[i]).collect();
+    let hashes: Vec<u64> = todo
+        .par_iter()
+        .map(|&i| content::hash(data, &spec.tensors[i]))
+        .collect::<Result<_>>()?;
+    let mut out = vec![0; spec.tensors.len()];
+    for (i, h) in todo.into_iter().zip(hashes) {
+        out[i] = h;
+    }
+    Ok(out)
+}
+
+/// Pairs of (A index, B index) found by content, and notes on content that is not unique.
+pub(crate) type ContentPairs = (Vec<(usize, usize)>, Vec<String>);
+
+/// The (A index, B index) pairs of free tensors whose content (dtype, shape, bytes)
+/// occurs exactly once among the free tensors of each side, confirmed byte for byte;
+/// and a note for each content found more than once (zeros, ones, tied copies), which
+/// proves nothing and is left to names and structure.
+pub(crate) fn unique_content_pairs(a: &Side, b: &Side) -> Result<ContentPairs> {
+    let mut groups: HashMap<ContentKey, (Vec<usize>, Vec<usize>)> = HashMap::new();
+    for (i, t) in a
+        .spec
+        .tensors
+        .iter()
+        .enumerate()
+        .filter(|&(i, _)| a.free[i])
+    {
+        groups
+            .entry((&t.dtype, &t.shape, a.hash[i]))
+            .or_default()
+            .0
+            .push(i);
+    }
+    for (j, t) in b
+        .spec
+        .tensors
+        .iter()
+        .enumerate()
+        .filter(|&(j, _)| b.free[j])
+    {
+        if let Some(g) = groups.get_mut(&(t.dtype.as_str(), t.shape.as_slice(), b.hash[j])) {
+            g.1.push(j);
+        }
+    }
+    let mut unique = Vec::new();
+    let mut shared = Vec::new();
+    for (ia, ib) in groups.values() {
+        match (ia.as_slice(), ib.as_slice()) {
+            (_, []) => {}
+            ([i], [j]) => unique.push((*i, *j)),
+            _ => shared.push((ia.clone(), ib.clone())),
+        }
+    }
+    unique.sort_unstable();
+    // The hash found them; the bytes prove them.
+    let confirmed: Vec<bool> = unique
+        .par_iter()
+        .map(|&(i, j)| {
+            Ok(content::compare(a.data, &a.spec.tensors[i], b.data, &b.spec.tensors[j])?.0)
+        })
+        .collect::<Result<_>>()?;
+    let pairs = unique
+        .into_iter()
+        .zip(confirmed)
+        .filter_map(|(p, ok)| ok.then_some(p))
+        .collect();
+    shared.sort();
+    let notes = shared
+        .into_iter()
+        .map(|(ia, ib)| {
+            let t = &a.spec.tensors[ia[0]];
+            format!(
+                "{} tensor(s) in A and {} in B hold the same {} {:?} content (e.g. '{}'): not unique, paired by name and structure",
+                ia.len(),
+                ib.len(),
+                t.dtype,
+                t.shape,
+                t.original_name
+            )
+        })
+        .collect();
+    Ok((pairs, notes))
 }
 
 fn single(a: Option<&TensorInfo>, b: Option<&TensorInfo>) -> Entry {

@@ -92,36 +92,27 @@ pub(crate) fn hash(data: &TensorData, t: &TensorInfo) -> Result<u64> {
     Ok(hasher.digest())
 }
 
-/// Compares two tensors of the same dtype and shape byte for byte, reading each once,
-/// and hashes both on the way (the hashes serve to pair other tensors by content).
-/// Returns (equal, hash of `ta`, hash of `tb`).
-pub(crate) fn compare(
+/// Whether two tensors of the same dtype and shape are equal byte for byte, reading each
+/// once and stopping at the first chunk that differs.
+pub(crate) fn equal(
     da: &TensorData,
     ta: &TensorInfo,
     db: &TensorData,
     tb: &TensorInfo,
-) -> Result<(bool, u64, u64)> {
+) -> Result<bool> {
+    if ta.nbytes() != tb.nbytes() {
+        return Ok(false);
+    }
     let mut ca = Chunks::open(da, ta)?;
     let mut cb = Chunks::open(db, tb)?;
-    let (mut ha, mut hb) = (Xxh3::new(), Xxh3::new());
     let (mut ba, mut bb) = (Vec::new(), Vec::new());
     let n = ca.chunk_elements();
-    let mut equal = ta.nbytes() == tb.nbytes();
-    loop {
-        let more_a = ca.next_elements(n, &mut ba)?;
-        let more_b = cb.next_elements(n, &mut bb)?;
-        if !more_a && !more_b {
-            break;
+    while ca.next_elements(n, &mut ba)? & cb.next_elements(n, &mut bb)? {
+        if ba != bb {
+            return Ok(false);
         }
-        if more_a {
-            ha.update(&ba);
-        }
-        if more_b {
-            hb.update(&bb);
-        }
-        equal &= more_a == more_b && ba == bb;
     }
-    Ok((equal, ha.digest(), hb.digest()))
+    Ok(true)
 }
 
 /// Numeric differences between two tensors paired with each other.

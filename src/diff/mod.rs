@@ -3,7 +3,8 @@
 //!
 //! Both models are read as usual (headers only), then every tensor's bytes are streamed
 //! once, in parallel and in bounded chunks: tensors of the same name, dtype and shape are
-//! compared byte for byte on the way, every tensor is hashed (xxh3). The pairs are then
+//! compared byte for byte, every other tensor is hashed (xxh3; a same-name pair that
+//! differs is read again to hash it). The pairs are then
 //! found in order of the strength of their evidence:
 //! 1. **identical**: same name, dtype, shape and bytes;
 //! 2. **renamed by content**: among the rest, a content (dtype, shape, hash) found exactly
@@ -279,8 +280,8 @@ impl<'s> Diff<'s> {
         Ok(self.result)
     }
 
-    /// Streams every tensor once, in parallel: hashes all of them, compares same-name
-    /// pairs of equal dtype and shape on the way, and files the equal ones as identical.
+    /// Streams every tensor once, in parallel: compares same-name pairs of equal dtype and
+    /// shape, files the equal ones as identical, and hashes all the others.
     fn read_all(&mut self, name_pairs: &[(usize, usize)]) -> Result<()> {
         let (a, b) = (self.a, self.b);
         let mut in_pair_a = vec![false; a.tensors.len()];
@@ -317,7 +318,16 @@ impl<'s> Diff<'s> {
             .par_iter()
             .map(|task| {
                 let out = match *task {
-                    Task::Pair(i, j) => content::compare(da, &a.tensors[i], db, &b.tensors[j]),
+                    // Equal pairs need no hash (they are paired); the rare pair that
+                    // differs is read again to hash both, for pairing by content.
+                    Task::Pair(i, j) => {
+                        let (ta, tb) = (&a.tensors[i], &b.tensors[j]);
+                        if content::equal(da, ta, db, tb)? {
+                            Ok((true, 0, 0))
+                        } else {
+                            Ok((false, content::hash(da, ta)?, content::hash(db, tb)?))
+                        }
+                    }
                     Task::A(i) => content::hash(da, &a.tensors[i]).map(|h| (false, h, 0)),
                     Task::B(j) => content::hash(db, &b.tensors[j]).map(|h| (false, 0, h)),
                 };
@@ -389,8 +399,7 @@ impl<'s> Diff<'s> {
         e.paired_by = Some(by);
         let same_layout = layout == Layout::Same && ta.shape == tb.shape;
         if ta.dtype == tb.dtype && same_layout {
-            let (equal, _, _) = content::compare(&self.da, ta, &self.db, tb)?;
-            if equal {
+            if content::equal(&self.da, ta, &self.db, tb)? {
                 // Equal content that was not unique, paired by the engine: a rename.
                 self.result.renamed.push(e);
                 return Ok(());
@@ -497,9 +506,7 @@ pub(crate) fn unique_content_pairs(a: &Side, b: &Side) -> Result<ContentPairs> {
     // The hash found them; the bytes prove them.
     let confirmed: Vec<bool> = unique
         .par_iter()
-        .map(|&(i, j)| {
-            Ok(content::compare(a.data, &a.spec.tensors[i], b.data, &b.spec.tensors[j])?.0)
-        })
+        .map(|&(i, j)| content::equal(a.data, &a.spec.tensors[i], b.data, &b.spec.tensors[j]))
         .collect::<Result<_>>()?;
     let pairs = unique
         .into_iter()

@@ -2,10 +2,15 @@
 //! each side, forward's signature, and the paired tensors whose place in the execution
 //! order moved.
 
+#[cfg(feature = "libtorch")]
 use crate::error::Result;
-use crate::trace::ScriptModule;
+#[cfg(feature = "libtorch")]
+use crate::libtorch::ScriptModule;
 use serde_json::{json, Value};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+#[cfg(feature = "libtorch")]
+use std::collections::HashMap;
+#[cfg(feature = "libtorch")]
 use std::path::Path;
 
 /// One op kind whose count differs between A and B.
@@ -54,10 +59,11 @@ pub struct GraphDiff {
 /// (A name, B name) pairs the diff found, as written in the files.
 ///
 /// Errors: libtorch cannot load a model or read its forward graph.
+#[cfg(feature = "libtorch")]
 pub fn compare(a: &Path, b: &Path, pairs: &[(String, String)]) -> Result<GraphDiff> {
     let (ma, mb) = (
-        ScriptModule::load(a, tch::Device::Cpu)?,
-        ScriptModule::load(b, tch::Device::Cpu)?,
+        ScriptModule::load(a, crate::Device::Cpu)?,
+        ScriptModule::load(b, crate::Device::Cpu)?,
     );
     let (ga, gb) = (ma.graph_summary()?, mb.graph_summary()?);
     let aten = |ops: BTreeMap<String, usize>| -> BTreeMap<String, usize> {

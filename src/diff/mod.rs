@@ -31,7 +31,8 @@ pub use content::Stats;
 use crate::apply::data::TensorData;
 use crate::error::Result;
 use crate::mapper::{Mapper, MapperOptions, SuggestOptions, Transform};
-use crate::read::{read_model, ReadOptions};
+use crate::read::ReadOptions;
+use crate::read_model;
 use crate::spec::{Format, ModelSpec, TensorInfo};
 use content::Layout;
 use rayon::prelude::*;
@@ -145,6 +146,7 @@ pub fn diff(a: &Path, b: &Path, options: &DiffOptions) -> Result<DiffResult> {
     }
     result.a = a.display().to_string();
     result.b = b.display().to_string();
+    #[cfg(feature = "libtorch")]
     if options.graphs && both_scripts {
         let pairs: Vec<(String, String)> = result
             .paired()

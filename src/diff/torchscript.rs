@@ -9,8 +9,8 @@
 //! themselves (and which attributes are parameters or buffers) come from libtorch.
 
 use crate::error::{Error, Result};
-use crate::read::pickle::{self, Node, TensorRef, Value};
-use crate::read::torch_zip::{self, MAX_DATA_PKL_BYTES};
+use crate::format::pickle::{self, Node, TensorRef, Value};
+use crate::format::torch_zip::{self, MAX_DATA_PKL_BYTES};
 use crate::spec::{DataLocation, ModelSpec};
 use std::collections::{HashMap, HashSet};
 use std::io::Read;

@@ -1,10 +1,7 @@
 //! `weightmap diff` end to end, on the fixtures of `scripts/make_diff_fixtures.py`
 //! (models/diff/, with models/diff/expected.json saying what was done to B).
 
-#[path = "support/cli.rs"]
-mod cli;
-
-use cli::{repo, s, weightmap};
+use crate::support::{repo, s, weightmap};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;

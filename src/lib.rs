@@ -12,7 +12,8 @@
 //! - **the stages**: [`read`] → [`normalize`] → [`trace`] → [`score`] → [`assign`] →
 //!   [`mapper`] (the engine that runs them on two model specs) → [`pipeline`] (the policy
 //!   "map these two files", exactly what `weightmap map` does) → [`report`] → [`apply`] →
-//!   [`verify`] (with libtorch).
+//!   [`verify`] (with libtorch), and [`diff`] (two models compared by name, structure
+//!   and content).
 //!
 //! ```no_run
 //! use weightmap::pipeline::{map_files, MapRequest};
@@ -41,6 +42,7 @@ pub mod libtorch;
 
 pub mod apply;
 pub mod assign;
+pub mod diff;
 pub mod mapper;
 pub mod normalize;
 pub mod pipeline;

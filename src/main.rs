@@ -36,6 +36,9 @@ enum Command {
     Explain(cli::explain::Args),
     /// Write a self-contained HTML report of a mapping.
     Report(cli::report::Args),
+    /// Compare two models: identical, renamed, changed, converted, added, removed tensors.
+    /// Exit 0 when they hold the same weights, 1 when not, 2 on error.
+    Diff(cli::diff::Args),
 }
 
 fn main() {
@@ -46,6 +49,8 @@ fn main() {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     let cli = Cli::parse();
+    // diff's status says whether the models differ (1), so its errors need another (2).
+    let diff = matches!(cli.command, Command::Diff(_));
     let result = match cli.command {
         Command::Inspect(a) => cli::inspect::run(a),
         Command::Map(a) => cli::map::run(a),
@@ -57,6 +62,11 @@ fn main() {
         Command::Tree(a) => cli::tree::run(a),
         Command::Explain(a) => cli::explain::run(a),
         Command::Report(a) => cli::report::run(a),
+        Command::Diff(a) => cli::diff::run(a).map(|same| {
+            if !same {
+                std::process::exit(1);
+            }
+        }),
     };
     if let Err(e) = result {
         // The whole chain of causes, each said once (an I/O error's text is often in the
@@ -69,6 +79,6 @@ fn main() {
             }
         }
         eprintln!("error: {message}");
-        std::process::exit(cli::exit_code(&e));
+        std::process::exit(if diff { 2 } else { cli::exit_code(&e) });
     }
 }

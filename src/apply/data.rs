@@ -10,7 +10,7 @@
 
 use crate::error::{Error, Result};
 use crate::format::torch_zip::{self, ArchiveLayout};
-use crate::spec::{dtype_size, DataLocation, ModelSpec, TensorInfo};
+use crate::spec::{dtype_size, DataLocation, Format, ModelSpec, TensorInfo};
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -87,10 +87,21 @@ fn is_contiguous(shape: &[i64], stride: &[i64]) -> bool {
 }
 
 /// The layout of the `torch.save` zip at `path`, whose entries must all be stored
-/// uncompressed (as `torch.save` writes them) to be copied as byte ranges.
-fn stored_layout(path: &Path) -> Result<ArchiveLayout> {
+/// uncompressed (as `torch.save` writes them) to be copied as byte ranges. With
+/// `records_only` (a TorchScript archive, whose code entries are deflated and never
+/// copied), only the storage records must be.
+fn stored_layout(path: &Path, records_only: bool) -> Result<ArchiveLayout> {
     let layout = torch_zip::read_layout(path)?;
-    if let Some(e) = layout.entries.iter().find(|e| !e.stored) {
+    let unstored = if records_only {
+        layout
+            .records
+            .iter()
+            .map(|r| &layout.entries[r.entry])
+            .find(|e| !e.stored)
+    } else {
+        layout.entries.iter().find(|e| !e.stored)
+    };
+    if let Some(e) = unstored {
         return Err(Error::Unsupported {
             path: path.into(),
             message: format!(
@@ -133,7 +144,7 @@ impl TensorData {
             if matches!(t.location, Some(DataLocation::TorchStorage { .. })) && data.zip.is_none() {
                 data.zip = Some((
                     data.file_index[&path],
-                    stored_layout(Path::new(&spec.path))?,
+                    stored_layout(Path::new(&spec.path), spec.format == Format::TorchScript)?,
                 ));
             }
         }

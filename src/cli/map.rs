@@ -34,6 +34,10 @@ pub struct Args {
     /// List every mapping.
     #[arg(long)]
     pub all: bool,
+    /// Pair tensors with equal content first (both models need values: checkpoints,
+    /// safetensors or TorchScript), then map the rest as usual.
+    #[arg(long)]
+    pub by_content: bool,
 }
 
 /// Runs `weightmap map`.
@@ -41,17 +45,28 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     weightmap::progress::set_quiet(args.quiet);
     // Every flag is validated before anything is read.
     let (request, mapper) = args.mapping.prepare(&args.source, &args.target)?;
-    let result = mapper.suggest_mapping(&request.suggest)?;
+    let (result, content) = if args.by_content {
+        let c = weightmap::diff::suggest_by_content(&mapper, &request.suggest)?;
+        (c.result, Some((c.by_content, c.notes)))
+    } else {
+        (mapper.suggest_mapping(&request.suggest)?, None)
+    };
 
     if let Some(path) = &args.output {
         weightmap::format::json::write_json(path, &result.to_mapping_json())?;
     }
     // The full report costs seconds on large models: built only when asked for.
-    let report = if args.report.is_some() || args.json {
+    let mut report = if args.report.is_some() || args.json {
         result.to_report_json()
     } else {
         serde_json::Value::Null
     };
+    if let (Some((pairs, notes)), serde_json::Value::Object(o)) = (&content, &mut report) {
+        o.insert(
+            "by_content".into(),
+            serde_json::json!({"pairs": pairs, "notes": notes}),
+        );
+    }
     if let Some(path) = &args.report {
         weightmap::format::json::write_json(path, &report)?;
     }
@@ -75,6 +90,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 }
             )
         );
+        if let Some((pairs, notes)) = &content {
+            println!("{pairs} pairs decided by equal content");
+            for n in notes {
+                println!("note: {n}");
+            }
+        }
     }
     Ok(())
 }

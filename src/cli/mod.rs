@@ -1,6 +1,7 @@
 //! Subcommands of the `weightmap` binary, one file each.
 
 pub mod apply;
+pub mod diff;
 pub mod explain;
 pub mod flags;
 pub mod inspect;

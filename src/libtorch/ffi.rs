@@ -45,6 +45,7 @@ extern "C" {
         err: *mut *mut c_char,
     ) -> *mut c_char;
     fn wm_module_trace_static(m: *mut WmModule, err: *mut *mut c_char) -> *mut c_char;
+    fn wm_module_graph_summary(m: *mut WmModule, err: *mut *mut c_char) -> *mut c_char;
 }
 
 /// Longest libtorch message kept in an error, in characters (TorchScript tracebacks can run
@@ -136,6 +137,15 @@ pub enum EntryKind {
 struct EntriesJson {
     entries: Vec<StateEntry>,
     modules: Vec<String>,
+}
+
+/// The forward graph in brief, as the shim reports it.
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct GraphSummary {
+    /// Forward's schema: inputs and outputs with their types.
+    pub schema: String,
+    /// Nodes of the inlined graph by kind (`aten::conv2d`), sorted by kind.
+    pub ops: std::collections::BTreeMap<String, usize>,
 }
 
 /// Uses of the module's tensors by ops, in call order, as the shim reports them.
@@ -340,6 +350,23 @@ impl ScriptModule {
             torch_error(&self.path, "reading the forward graph", take_string(err))
         })?;
         self.parse_uses(&json)
+    }
+
+    /// The forward graph in brief: its schema and how many nodes of each kind the inlined
+    /// graph has.
+    pub(crate) fn graph_summary(&self) -> Result<GraphSummary> {
+        let mut err: *mut c_char = std::ptr::null_mut();
+        // SAFETY: live module.
+        let json = unsafe { wm_module_graph_summary(self.ptr.as_ptr(), &mut err) };
+        let json = take_string(json).ok_or_else(|| {
+            torch_error(&self.path, "reading the forward graph", take_string(err))
+        })?;
+        serde_json::from_str(&json).map_err(|e| Error::Torch {
+            context: self.path.display().to_string(),
+            message: format!(
+                "the shim's graph summary is not valid JSON ({e}); this is a weightmap bug"
+            ),
+        })
     }
 
     fn parse_uses(&self, json: &str) -> Result<Uses> {

@@ -21,6 +21,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <map>
 #include <mutex>
 #include <sstream>
 #include <string>
@@ -430,6 +431,14 @@ struct GraphWalk {
   }
 };
 
+// Counts the nodes of `b` by kind (`aten::conv2d`), If/Loop bodies included.
+void count_ops(const torch::jit::Block* b, std::map<std::string, size_t>& ops) {
+  for (const auto* n : b->nodes()) {
+    ++ops[n->kind().toQualString()];
+    for (const auto* sub : n->blocks()) count_ops(sub, ops);
+  }
+}
+
 }  // namespace
 
 extern "C" {
@@ -581,6 +590,36 @@ char* wm_module_trace_static(wm_module* m, char** err) {
     walk.paths[graph->inputs().at(0)] = "";
     walk.block(graph->block());
     out = dup(uses_json(walk.uses, walk.nodes));
+  });
+  return out;
+}
+
+// The forward graph in brief, for comparing two exports: {"schema": forward's schema
+// ("forward(__torch__.M self, Tensor x) -> Tensor"), "ops": {kind: count}} over the graph
+// with every method call inlined.
+char* wm_module_graph_summary(wm_module* m, char** err) {
+  char* out = nullptr;
+  guarded(err, [&] {
+    auto method = m->module.get_method("forward");
+    auto graph = method.graph()->copy();
+    torch::jit::Inline(*graph);
+    std::map<std::string, size_t> ops;
+    count_ops(graph->block(), ops);
+    std::ostringstream schema;
+    schema << method.function().getSchema();
+    std::ostringstream js;
+    js << "{\"schema\":";
+    json_string(js, schema.str());
+    js << ",\"ops\":{";
+    bool first = true;
+    for (const auto& [kind, count] : ops) {
+      if (!first) js << ',';
+      first = false;
+      json_string(js, kind);
+      js << ':' << count;
+    }
+    js << "}}";
+    out = dup(js.str());
   });
   return out;
 }

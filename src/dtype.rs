@@ -185,16 +185,7 @@ const TABLE: &[Row] = &[
 ];
 
 impl DType {
-    fn row(
-        self,
-    ) -> &'static (
-        DType,
-        &'static str,
-        &'static [&'static str],
-        Option<&'static str>,
-        Option<&'static str>,
-        usize,
-    ) {
+    fn row(self) -> &'static Row {
         TABLE
             .iter()
             .find(|r| r.0 == self)

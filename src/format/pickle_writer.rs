@@ -11,28 +11,12 @@
 use crate::dtype::DType;
 use std::collections::HashMap;
 
-const PROTO: u8 = 0x80;
-const GLOBAL: u8 = b'c';
-const BINPUT: u8 = b'q';
-const LONG_BINPUT: u8 = b'r';
-const BINGET: u8 = b'h';
-const LONG_BINGET: u8 = b'j';
-const EMPTY_TUPLE: u8 = b')';
-const TUPLE1: u8 = 0x85;
-const TUPLE2: u8 = 0x86;
-const TUPLE3: u8 = 0x87;
-const TUPLE: u8 = b't';
-const MARK: u8 = b'(';
-const REDUCE: u8 = b'R';
-const BINUNICODE: u8 = b'X';
-const BININT: u8 = b'J';
-const BININT1: u8 = b'K';
-const BININT2: u8 = b'M';
-const LONG1: u8 = 0x8a;
-const NEWFALSE: u8 = 0x89;
-const BINPERSID: u8 = b'Q';
-const SETITEMS: u8 = b'u';
-const STOP: u8 = b'.';
+// The opcodes, from the reader's table (one table for both directions).
+use super::pickle::op::{
+    BINGET, BININT, BININT1, BININT2, BINPERSID, BINPUT, BINUNICODE, EMPTY_TUPLE, GLOBAL, LONG1,
+    LONG_BINGET, LONG_BINPUT, MARK, NEWFALSE, PROTO, REDUCE, SETITEMS, STOP, TUPLE, TUPLE1, TUPLE2,
+    TUPLE3,
+};
 
 /// The storage class `torch.save` names for a dtype (`torch.FloatStorage` for float32);
 /// `None` for dtypes without a legacy storage class.

@@ -189,23 +189,29 @@ pub fn read(path: &Path) -> Result<ModelSpec> {
 }
 
 fn push_entries(spec: &mut ModelSpec, file: &Path, header: &Header) {
-    let base = 8 + header.header_len;
     for e in &header.entries {
-        let dtype = torch_dtype(&e.dtype).unwrap_or("unknown");
-        let mut t = TensorInfo::new(
-            &e.name,
-            e.shape.clone(),
-            dtype,
-            TensorKind::Unknown,
-            spec.tensors.len(),
-        );
-        t.location = Some(DataLocation::Safetensors {
-            file: file.display().to_string(),
-            start: base + e.data_offsets.0,
-            end: base + e.data_offsets.1,
-        });
-        spec.tensors.push(t);
+        push_entry(spec, file, header, &e.name, e);
     }
+}
+
+/// Adds the tensor `e` of `file` (whose header is `header`) to `spec` under `name`, with
+/// the location of its bytes.
+fn push_entry(spec: &mut ModelSpec, file: &Path, header: &Header, name: &str, e: &HeaderEntry) {
+    let base = 8 + header.header_len;
+    let dtype = torch_dtype(&e.dtype).unwrap_or("unknown");
+    let mut t = TensorInfo::new(
+        name,
+        e.shape.clone(),
+        dtype,
+        TensorKind::Unknown,
+        spec.tensors.len(),
+    );
+    t.location = Some(DataLocation::Safetensors {
+        file: file.display().to_string(),
+        start: base + e.data_offsets.0,
+        end: base + e.data_offsets.1,
+    });
+    spec.tensors.push(t);
 }
 
 /// Refuses a shard that resolves (through symbolic links) to a file outside the index's
@@ -311,22 +317,7 @@ pub fn read_sharded(index_path: &Path) -> Result<ModelSpec> {
                     index_path.display()
                 ),
             })?;
-        let file = dir.join(shard);
-        let base = 8 + header.header_len;
-        let dtype = torch_dtype(&e.dtype).unwrap_or("unknown");
-        let mut t = TensorInfo::new(
-            name,
-            e.shape.clone(),
-            dtype,
-            TensorKind::Unknown,
-            spec.tensors.len(),
-        );
-        t.location = Some(DataLocation::Safetensors {
-            file: file.display().to_string(),
-            start: base + e.data_offsets.0,
-            end: base + e.data_offsets.1,
-        });
-        spec.tensors.push(t);
+        push_entry(&mut spec, &dir.join(shard), header, name, e);
     }
     Ok(spec)
 }

@@ -36,6 +36,7 @@ pub use machine::storage_dtype;
 pub use rewrite::{rewrite_strings, Rewrite};
 
 use machine::{Machine, Memo};
+pub(crate) use opcodes::op;
 
 use crate::dtype::DType;
 use std::collections::HashMap;

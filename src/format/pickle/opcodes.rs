@@ -4,7 +4,7 @@
 use super::*;
 
 // Opcodes, named as in pickletools.py.
-pub(super) mod op {
+pub(crate) mod op {
     pub const MARK: u8 = b'(';
     pub const STOP: u8 = b'.';
     pub const POP: u8 = b'0';

@@ -151,7 +151,7 @@ impl<'a> State<'a> {
         let f = &me.feats[i];
         let mut any_shape = false;
         let mut allowed: Vec<usize> = vec![];
-        for j in self.shape_peers(&f.shape, !is_source) {
+        for j in self.shape_peers(&f.shape, is_source) {
             let g = &other.feats[j];
             if !other.active[j] {
                 continue;

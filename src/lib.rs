@@ -44,6 +44,7 @@ pub mod apply;
 pub mod assign;
 pub mod diff;
 pub mod mapper;
+pub mod mapping;
 pub mod normalize;
 pub mod pipeline;
 pub mod read;

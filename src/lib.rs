@@ -9,6 +9,7 @@
 //! - **shared layers**, which know no stage: [`format`] (pickle, `torch.save` zips,
 //!   safetensors, JSON, read and write together) and `libtorch` (the FFI, devices, dummy
 //!   inputs; behind the default cargo feature `libtorch`);
+//! - **the mapping file** ([`mapping`]): the one contract between `map` and `apply`;
 //! - **the stages**: [`read`] → [`normalize`] → [`trace`] → [`score`] → [`assign`] →
 //!   [`mapper`] (the engine that runs them on two model specs) → [`pipeline`] (the policy
 //!   "map these two files", exactly what `weightmap map` does) → [`report`] → [`apply`] →
@@ -44,6 +45,7 @@ pub mod apply;
 pub mod assign;
 pub mod diff;
 pub mod mapper;
+pub mod mapping;
 pub mod normalize;
 pub mod pipeline;
 pub mod read;

@@ -13,12 +13,12 @@
 //! both on the same seeded inputs; they agree when every output element is within
 //! `tolerance` (absolute plus relative, as `torch.allclose(atol=rtol=tolerance)`).
 
-use crate::apply::mapping::Mapping;
-use crate::apply::{TensorData, TRANSFORMS_METADATA_KEY};
+use crate::apply::{TensorData, CONVERSIONS_METADATA_KEY, TRANSFORMS_METADATA_KEY};
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::libtorch::ffi::EntryKind;
 use crate::libtorch::{inputs::make_inputs, kind_of, ScriptModule, StateEntry};
+use crate::mapping::{Conversion, Mapping};
 use crate::read::script_module;
 use crate::spec::{Format, ModelSpec, TensorInfo, TensorKind};
 use crate::trace::InputSpec;
@@ -99,6 +99,15 @@ pub struct TransformedTensor {
     pub transform: String,
 }
 
+/// A target tensor written by a conversion (split, concat, stack, ...).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ConvertedTensor {
+    /// The target name.
+    pub name: String,
+    /// The op that wrote it, with its sources.
+    pub conversion: String,
+}
+
 /// The comparison of the target's output with the source model's.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Comparison {
@@ -133,6 +142,11 @@ pub struct VerifyReport {
     pub mismatched: Vec<MismatchedTensor>,
     /// Tensors whose data was transformed by apply.
     pub transformed: Vec<TransformedTensor>,
+    /// Tensors written by a conversion of apply (their shapes are checked like the others').
+    pub converted: Vec<ConvertedTensor>,
+    /// Buffers of the target the checkpoint lacks that the model computes itself (see
+    /// [`verify`]): not expected in a checkpoint, not listed as missing.
+    pub computed: Vec<String>,
     /// The inputs the forward pass used.
     pub inputs: Vec<String>,
     /// Shape of the target's output, when forward ran.
@@ -329,8 +343,15 @@ pub fn verify(
         .collect();
     let mut missing = vec![];
     let mut uncovered = vec![];
-    for e in module.state_entries() {
+    let mut computed = vec![];
+    let entries = module.state_entries();
+    let computed_by_model = computed_buffers(entries, &load.loaded_names);
+    for e in entries {
         if !e.persistent || load.loaded_names.contains(&e.name) {
+            continue;
+        }
+        if computed_by_model.contains(e.name.as_str()) {
+            computed.push(e.name.clone());
             continue;
         }
         if e.tied_to
@@ -353,6 +374,7 @@ pub fn verify(
     }
 
     let transformed = transformed_tensors(checkpoint, options.mapping.as_ref());
+    let converted = converted_tensors(checkpoint, options.mapping.as_ref());
 
     // Forward on the given or default inputs.
     let tolerance = options.tolerance.unwrap_or(DEFAULT_TOLERANCE);
@@ -473,6 +495,8 @@ pub fn verify(
         unexpected: load.unexpected,
         mismatched: load.mismatched,
         transformed,
+        converted,
+        computed,
         inputs: used_inputs.iter().map(|s| s.to_string()).collect(),
         output_shape,
         forward_error,
@@ -482,6 +506,71 @@ pub fn verify(
         pass: failures.is_empty(),
         failures,
     })
+}
+
+/// Buffers the checkpoint lacks that the model computes itself. TorchScript keeps no
+/// `persistent` flag (`register_buffer(..., persistent=False)` buffers such as rotary
+/// `inv_freq` or Swin's `relative_position_index` are listed in its state dict), so this
+/// is decided from what the checkpoint covers: a buffer counts as computed when its
+/// module's parameters all loaded (or it has none) and no buffer of the same shape as
+/// one of those parameters is involved; a buffer shaped like a parameter of its module
+/// is a running statistic of it (BatchNorm's `running_mean`) and stays MISSING, as does
+/// every buffer of a module whose parameters did not load.
+fn computed_buffers<'a>(entries: &'a [StateEntry], loaded: &HashSet<String>) -> HashSet<&'a str> {
+    let module_of = |n: &'a str| n.rsplit_once('.').map_or("", |x| x.0);
+    let mut params: HashMap<&str, Vec<&StateEntry>> = HashMap::new();
+    for e in entries.iter().filter(|e| e.kind == EntryKind::Parameter) {
+        params.entry(module_of(&e.name)).or_default().push(e);
+    }
+    entries
+        .iter()
+        .filter(|e| e.kind == EntryKind::Buffer && !loaded.contains(&e.name))
+        .filter(|e| {
+            let ps = params
+                .get(module_of(&e.name))
+                .map_or(&[][..], |v| v.as_slice());
+            let all_loaded = ps.iter().all(|p| {
+                loaded.contains(&p.name) || p.tied_to.as_ref().is_some_and(|t| loaded.contains(t))
+            });
+            let statistic = ps.iter().any(|p| p.shape == e.shape);
+            all_loaded && !statistic && e.tied_to.is_none()
+        })
+        .map(|e| e.name.as_str())
+        .collect()
+}
+
+/// CONVERTED entries: from the mapping when given, else from the metadata apply writes
+/// into safetensors outputs.
+fn converted_tensors(checkpoint: &ModelSpec, mapping: Option<&Mapping>) -> Vec<ConvertedTensor> {
+    let list: Vec<Conversion> = match mapping {
+        Some(m) => m.conversions.clone(),
+        None => safetensors_metadata(checkpoint, CONVERSIONS_METADATA_KEY)
+            .and_then(|text| serde_json::from_str(&text).ok())
+            .unwrap_or_default(),
+    };
+    list.iter()
+        .flat_map(|c| {
+            let what = c.describe();
+            c.targets.iter().map(move |t| ConvertedTensor {
+                name: t.clone(),
+                conversion: what.clone(),
+            })
+        })
+        .collect()
+}
+
+/// The metadata value `key` of a safetensors checkpoint, if any.
+fn safetensors_metadata(checkpoint: &ModelSpec, key: &str) -> Option<String> {
+    if checkpoint.format != Format::Safetensors {
+        return None;
+    }
+    let header = crate::format::safetensors::read_header(Path::new(&checkpoint.path)).ok()?;
+    header
+        .metadata
+        .as_ref()
+        .and_then(|m| m.get(key))
+        .and_then(|v| v.as_str())
+        .map(str::to_string)
 }
 
 /// TRANSFORMED entries: from the mapping when given, else from the metadata apply writes
@@ -502,21 +591,11 @@ fn transformed_tensors(
             })
             .collect();
     }
-    if checkpoint.format != Format::Safetensors {
-        return vec![];
-    }
-    let Ok(header) = crate::format::safetensors::read_header(Path::new(&checkpoint.path)) else {
+    let Some(text) = safetensors_metadata(checkpoint, TRANSFORMS_METADATA_KEY) else {
         return vec![];
     };
-    let Some(text) = header
-        .metadata
-        .as_ref()
-        .and_then(|m| m.get(TRANSFORMS_METADATA_KEY))
-        .and_then(|v| v.as_str())
+    let Ok(serde_json::Value::Object(map)) = serde_json::from_str::<serde_json::Value>(&text)
     else {
-        return vec![];
-    };
-    let Ok(serde_json::Value::Object(map)) = serde_json::from_str::<serde_json::Value>(text) else {
         return vec![];
     };
     map.into_iter()

@@ -12,18 +12,20 @@
 //! the renamed state-dict keys as it was: only the key strings in `data.pkl` change, every
 //! storage record is copied as it is ([`preserve`]).
 
+mod convert;
 pub mod data;
-pub mod mapping;
 mod preserve;
 
+pub use crate::mapping::{
+    Conversion, ConversionKind, Mapping, MappingEntry, ResolvedEntry, Transform,
+};
 pub use data::TensorData;
-pub use mapping::{Mapping, MappingEntry, ResolvedEntry, Transform};
 
 use crate::error::{Error, Result};
 use crate::format::pickle_writer::{self, storage_class, TensorEntry};
 use crate::format::zip_writer::ZipWriter;
 use crate::output::OutputFile;
-use crate::spec::{dtype_size, DataLocation, Format, ModelSpec, TensorInfo};
+use crate::spec::{dtype_size, DataLocation, Format, ModelSpec};
 use data::{Bytes, CHUNK_BYTES};
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
@@ -101,6 +103,10 @@ pub struct ApplySummary {
     pub renamed: usize,
     /// Tensors written under a new name with their data transformed.
     pub transformed: usize,
+    /// Conversions executed (split, concat, stack, ...).
+    pub conversions: usize,
+    /// Target tensors the conversions wrote.
+    pub converted: usize,
     /// Unmapped tensors written under their own names.
     pub kept: usize,
     /// Unmapped tensors left out.
@@ -116,9 +122,27 @@ pub struct ApplySummary {
 #[derive(Debug, Clone)]
 struct OutTensor {
     name: String,
-    source: usize,
-    transform: Option<Transform>,
+    recipe: Recipe,
+    dtype: String,
     shape: Vec<i64>,
+}
+
+impl OutTensor {
+    fn nbytes(&self) -> u64 {
+        self.shape.iter().product::<i64>().max(0) as u64 * dtype_size(&self.dtype) as u64
+    }
+}
+
+/// Where an output tensor's bytes come from.
+#[derive(Debug, Clone)]
+enum Recipe {
+    /// One source tensor, transformed or not.
+    Copy {
+        source: usize,
+        transform: Option<Transform>,
+    },
+    /// Output `part` of resolved conversion `conversion`.
+    Convert { conversion: usize, part: usize },
 }
 
 /// Writes `source`'s tensors under the names of `mapping` to `out`. With `target`, every
@@ -135,8 +159,11 @@ pub fn apply(
         Some(f) => f,
         None => OutputFormat::from_path(out)?,
     };
-    let resolved = mapping.resolve(source, target, mapping_context)?;
-    if resolved.is_empty() && !options.allow_empty {
+    let crate::mapping::Resolved {
+        entries: resolved,
+        conversions,
+    } = mapping.resolve(source, target, mapping_context)?;
+    if resolved.is_empty() && conversions.is_empty() && !options.allow_empty {
         return Err(Error::invalid(
             "mapping",
             format!(
@@ -154,6 +181,17 @@ pub fn apply(
         && source.format == Format::TorchZip
         && source.state_dict_key.is_some()
     {
+        if let Some(c) = conversions.first() {
+            return Err(Error::Unsupported {
+                path: out.into(),
+                message: format!(
+                    "{mapping_context} has {} conversion(s) (e.g. {}); a checkpoint written back as .pth/.ckpt keeps its other entries and can only rename its state-dict keys: write the converted weights to .safetensors instead (-o {})",
+                    conversions.len(),
+                    c.conversion.describe(),
+                    out.with_extension("safetensors").display()
+                ),
+            });
+        }
         let mut file = OutputFile::create(out, &input_refs, options.force)?;
         let mut summary = preserve::write(source, &resolved, &data, &mut file)?;
         summary.output = out.to_path_buf();
@@ -166,9 +204,41 @@ pub fn apply(
     for e in &resolved {
         by_source.insert(e.source_index, e);
     }
+    // A conversion's outputs are written where its first source was, the other sources
+    // of it are consumed.
+    let mut conversion_of: HashMap<usize, (usize, bool)> = HashMap::new();
+    for (ci, c) in conversions.iter().enumerate() {
+        for (k, &si) in c.sources.iter().enumerate() {
+            conversion_of.insert(si, (ci, k == 0));
+        }
+    }
     let mut tensors = Vec::with_capacity(source.tensors.len());
-    let (mut renamed, mut transformed, mut kept, mut dropped) = (0, 0, 0, 0);
+    let (mut renamed, mut transformed, mut kept, mut dropped, mut converted) = (0, 0, 0, 0, 0);
     for (i, t) in source.tensors.iter().enumerate() {
+        if let Some(&(ci, first)) = conversion_of.get(&i) {
+            if first {
+                let c = &conversions[ci];
+                for (part, (name, shape)) in c
+                    .conversion
+                    .targets
+                    .iter()
+                    .zip(c.target_shapes())
+                    .enumerate()
+                {
+                    converted += 1;
+                    tensors.push(OutTensor {
+                        name: name.clone(),
+                        recipe: Recipe::Convert {
+                            conversion: ci,
+                            part,
+                        },
+                        dtype: c.dtype.clone(),
+                        shape,
+                    });
+                }
+            }
+            continue;
+        }
         match by_source.get(&i) {
             Some(e) => {
                 if e.transform.is_some() {
@@ -178,8 +248,11 @@ pub fn apply(
                 }
                 tensors.push(OutTensor {
                     name: e.target.clone(),
-                    source: i,
-                    transform: e.transform.clone(),
+                    recipe: Recipe::Copy {
+                        source: i,
+                        transform: e.transform.clone(),
+                    },
+                    dtype: t.dtype.clone(),
                     shape: e.shape.clone(),
                 });
             }
@@ -187,8 +260,11 @@ pub fn apply(
                 kept += 1;
                 tensors.push(OutTensor {
                     name: t.original_name.clone(),
-                    source: i,
-                    transform: None,
+                    recipe: Recipe::Copy {
+                        source: i,
+                        transform: None,
+                    },
+                    dtype: t.dtype.clone(),
                     shape: t.shape.clone(),
                 });
             }
@@ -208,30 +284,34 @@ pub fn apply(
         }
     }
     for t in &tensors {
-        let info = &source.tensors[t.source];
         let supported = match format {
             OutputFormat::Safetensors => {
-                crate::format::safetensors::safetensors_dtype(&info.dtype).is_some()
+                crate::format::safetensors::safetensors_dtype(&t.dtype).is_some()
             }
-            OutputFormat::Pth => storage_class(&info.dtype).is_some(),
+            OutputFormat::Pth => storage_class(&t.dtype).is_some(),
         };
-        if !supported || dtype_size(&info.dtype) == 0 {
+        if !supported || dtype_size(&t.dtype) == 0 {
             return Err(Error::Unsupported {
                 path: out.into(),
                 message: format!(
                     "tensor '{}': dtype {} cannot be written as {}",
-                    info.original_name,
-                    info.dtype,
+                    t.name,
+                    t.dtype,
                     format.name()
                 ),
             });
         }
     }
+    let job = Job {
+        source,
+        data: &data,
+        conversions: &conversions,
+    };
 
     let mut file = OutputFile::create(out, &input_refs, options.force)?;
     match format {
-        OutputFormat::Safetensors => write_safetensors(source, &data, &tensors, &mut file)?,
-        OutputFormat::Pth => write_pth(source, &data, &tensors, &mut file)?,
+        OutputFormat::Safetensors => write_safetensors(&job, &tensors, &mut file)?,
+        OutputFormat::Pth => write_pth(&job, &tensors, &mut file)?,
     }
     let bytes = file.file().metadata().map_err(|e| Error::io(out, e))?.len();
     file.commit()?;
@@ -240,6 +320,8 @@ pub fn apply(
         format: format.name(),
         renamed,
         transformed,
+        conversions: conversions.len(),
+        converted,
         kept,
         dropped,
         preserved_checkpoint: false,
@@ -272,28 +354,44 @@ pub fn transform_bytes(
     }
 }
 
-/// Writes tensor `t`'s (transformed) bytes to `out`; returns their CRC-32 when `crc`
-/// (zip entries need it; safetensors does not, and then plain renames are copied file to
-/// file by the kernel).
+/// What the writers read from: the source, its data, the resolved conversions.
+struct Job<'a> {
+    source: &'a ModelSpec,
+    data: &'a TensorData,
+    conversions: &'a [crate::mapping::ResolvedConversion],
+}
+
+/// Writes tensor `t`'s (transformed or converted) bytes to `out`; returns their CRC-32
+/// when `crc` (zip entries need it; safetensors does not, and then plain renames are
+/// copied file to file by the kernel).
 fn write_tensor(
-    data: &TensorData,
-    info: &TensorInfo,
+    job: &Job,
     t: &OutTensor,
     out: &mut std::fs::File,
     dest: &Path,
     crc: bool,
 ) -> Result<u32> {
-    match (&t.transform, data.locate(info)?) {
-        (None, Bytes::Range { file, start, len }) => {
-            let mut hasher = crc.then(crc32fast::Hasher::new);
-            data.copy_range(file, start, len, out, dest, hasher.as_mut())?;
-            Ok(hasher.map(|h| h.finalize()).unwrap_or(0))
+    let data = job.data;
+    let bytes = match &t.recipe {
+        Recipe::Convert { conversion, part } => {
+            convert::output_bytes(job.source, data, &job.conversions[*conversion], *part)?
         }
-        (transform, _) => {
+        Recipe::Copy { source, transform } => {
+            let info = &job.source.tensors[*source];
+            if let (None, Bytes::Range { file, start, len }) = (transform, data.locate(info)?) {
+                let mut hasher = crc.then(crc32fast::Hasher::new);
+                data.copy_range(file, start, len, out, dest, hasher.as_mut())?;
+                return Ok(hasher.map(|h| h.finalize()).unwrap_or(0));
+            }
             let mut bytes = data.read(info)?;
             if let Some(tr) = transform {
                 bytes = transform_bytes(bytes, &info.shape, dtype_size(&info.dtype), tr);
             }
+            bytes
+        }
+    };
+    {
+        {
             for chunk in bytes.chunks(CHUNK_BYTES) {
                 out.write_all(chunk).map_err(|e| Error::io(dest, e))?;
             }
@@ -306,16 +404,15 @@ fn write_tensor(
 /// (a JSON object {target name: transform}, as a string).
 pub const TRANSFORMS_METADATA_KEY: &str = "weightmap.transforms";
 
+/// The safetensors `__metadata__` key under which apply records the conversions it ran
+/// (a JSON list of conversions, as a string).
+pub const CONVERSIONS_METADATA_KEY: &str = "weightmap.conversions";
+
 /// Alignment of the safetensors header (the format requires data to start at a multiple
 /// of 8, padding the JSON with spaces).
 const SAFETENSORS_HEADER_ALIGN: usize = 8;
 
-fn write_safetensors(
-    source: &ModelSpec,
-    data: &TensorData,
-    tensors: &[OutTensor],
-    file: &mut OutputFile,
-) -> Result<()> {
+fn write_safetensors(job: &Job, tensors: &[OutTensor], file: &mut OutputFile) -> Result<()> {
     let mut header = serde_json::Map::new();
     let mut metadata = serde_json::Map::new();
     metadata.insert("format".into(), "pt".into());
@@ -323,10 +420,12 @@ fn write_safetensors(
     // (safetensors metadata values must be strings).
     let transforms: serde_json::Map<String, serde_json::Value> = tensors
         .iter()
-        .filter_map(|t| {
-            t.transform
-                .as_ref()
-                .map(|tr| (t.name.clone(), tr.to_json()))
+        .filter_map(|t| match &t.recipe {
+            Recipe::Copy {
+                transform: Some(tr),
+                ..
+            } => Some((t.name.clone(), tr.to_json())),
+            _ => None,
         })
         .collect();
     if !transforms.is_empty() {
@@ -335,15 +434,31 @@ fn write_safetensors(
             serde_json::Value::Object(transforms).to_string().into(),
         );
     }
+    // Which ops made which tensors, for `weightmap verify`'s CONVERTED list: each
+    // conversion without its evidence.
+    if !job.conversions.is_empty() {
+        let ops: Vec<serde_json::Value> = job
+            .conversions
+            .iter()
+            .map(|c| {
+                let mut c = c.conversion.clone();
+                (c.confidence, c.reason, c.ambiguous) = (None, None, None);
+                serde_json::to_value(c).unwrap_or_default()
+            })
+            .collect();
+        metadata.insert(
+            CONVERSIONS_METADATA_KEY.into(),
+            serde_json::Value::Array(ops).to_string().into(),
+        );
+    }
     header.insert("__metadata__".into(), serde_json::Value::Object(metadata));
     let mut offset = 0u64;
     for t in tensors {
-        let info = &source.tensors[t.source];
-        let nbytes = info.nbytes();
+        let nbytes = t.nbytes();
         header.insert(
             t.name.clone(),
             serde_json::json!({
-                "dtype": crate::format::safetensors::safetensors_dtype(&info.dtype),
+                "dtype": crate::format::safetensors::safetensors_dtype(&t.dtype),
                 "shape": t.shape,
                 "data_offsets": [offset, offset + nbytes],
             }),
@@ -362,9 +477,8 @@ fn write_safetensors(
     f.write_all(&json).map_err(|e| Error::io(&dest, e))?;
     let progress = crate::progress::Progress::new(offset, "writing");
     for t in tensors {
-        let info = &source.tensors[t.source];
-        write_tensor(data, info, t, file.file(), &dest, false)?;
-        progress.inc(info.nbytes());
+        write_tensor(job, t, file.file(), &dest, false)?;
+        progress.inc(t.nbytes());
     }
     progress.finish();
     Ok(())
@@ -383,12 +497,8 @@ fn serialization_id(pickle: &[u8]) -> String {
     format!("{:020}{:020}", a * 0x1_0000_0001, b * 0x1_0000_0001)
 }
 
-fn write_pth(
-    source: &ModelSpec,
-    data: &TensorData,
-    tensors: &[OutTensor],
-    file: &mut OutputFile,
-) -> Result<()> {
+fn write_pth(job: &Job, tensors: &[OutTensor], file: &mut OutputFile) -> Result<()> {
+    let (source, data) = (job.source, job.data);
     // Untransformed tensors of a torch.save source keep their storage and view (tied
     // weights stay tied, one copy); everything else gets a contiguous storage of its own.
     enum Storage {
@@ -401,8 +511,14 @@ fn write_pth(
     let mut shared: HashMap<String, usize> = HashMap::new();
     let mut entries = Vec::with_capacity(tensors.len());
     for (ti, t) in tensors.iter().enumerate() {
-        let info = &source.tensors[t.source];
-        let reuse = match (&info.location, &t.transform, &data.zip) {
+        let copied = match &t.recipe {
+            Recipe::Copy {
+                source: i,
+                transform: None,
+            } => Some(&source.tensors[*i]),
+            _ => None,
+        };
+        let reuse = match (copied.and_then(|i| i.location.as_ref()), &data.zip) {
             (
                 Some(DataLocation::TorchStorage {
                     key,
@@ -410,7 +526,6 @@ fn write_pth(
                     stride,
                     ..
                 }),
-                None,
                 Some((_, zip)),
             ) => {
                 let record = zip.record_entry(key).ok_or_else(|| {
@@ -422,7 +537,7 @@ fn write_pth(
                 })?;
                 Some((
                     key.clone(),
-                    record.size / dtype_size(&info.dtype) as u64,
+                    record.size / dtype_size(&t.dtype) as u64,
                     *offset,
                     stride.clone(),
                 ))
@@ -441,7 +556,7 @@ fn write_pth(
                 storages.push(Storage::Own { tensor: ti });
                 (
                     storages.len() - 1,
-                    info.numel,
+                    t.shape.iter().product::<i64>().max(0) as u64,
                     0,
                     data::contiguous_strides(&t.shape),
                 )
@@ -450,7 +565,7 @@ fn write_pth(
         entries.push(TensorEntry {
             name: t.name.clone(),
             storage_key: storage.to_string(),
-            dtype: info.dtype.clone(),
+            dtype: t.dtype.clone(),
             storage_numel: numel,
             offset,
             shape: t.shape.clone(),
@@ -460,10 +575,7 @@ fn write_pth(
     let pickle = pickle_writer::state_dict_pickle(&entries);
     let dest = file.dest().to_path_buf();
     let io = |e: std::io::Error| Error::io(&dest, e);
-    let total: u64 = tensors
-        .iter()
-        .map(|t| source.tensors[t.source].nbytes())
-        .sum();
+    let total: u64 = tensors.iter().map(OutTensor::nbytes).sum();
     let progress = crate::progress::Progress::new(total, "writing");
 
     let (zip_index, layout) = match &data.zip {
@@ -501,11 +613,10 @@ fn write_pth(
             }
             Storage::Own { tensor } => {
                 let t = &tensors[*tensor];
-                let info = &source.tensors[t.source];
-                zip.start_entry(&name, info.nbytes()).map_err(io)?;
-                let crc = write_tensor(data, info, t, zip.file(), &dest, true)?;
+                zip.start_entry(&name, t.nbytes()).map_err(io)?;
+                let crc = write_tensor(job, t, zip.file(), &dest, true)?;
                 zip.finish_entry(crc).map_err(io)?;
-                progress.inc(info.nbytes());
+                progress.inc(t.nbytes());
             }
         }
     }

@@ -6,11 +6,11 @@
 //! which keeps the pickle's memo intact; the zip entries are copied byte for byte with
 //! their CRCs, in file order, re-aligned as `torch.save` aligns them.
 
-use super::mapping::ResolvedEntry;
 use super::{ApplySummary, TensorData};
 use crate::error::{Error, Result};
 use crate::format::zip_writer::ZipWriter;
 use crate::format::{pickle, torch_zip};
+use crate::mapping::ResolvedEntry;
 use crate::output::OutputFile;
 use crate::spec::ModelSpec;
 use std::collections::{HashMap, HashSet};
@@ -121,6 +121,8 @@ pub(super) fn write(
         format: "pth",
         renamed: resolved.len(),
         transformed: 0,
+        conversions: 0,
+        converted: 0,
         kept: source.tensors.len() - resolved.len(),
         dropped: 0,
         preserved_checkpoint: true,

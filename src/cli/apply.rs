@@ -108,6 +108,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         println!("  renamed      {}", summary.renamed);
         println!("  transformed  {}", summary.transformed);
         println!(
+            "  converted    {} (by {} conversion(s))",
+            summary.converted, summary.conversions
+        );
+        println!(
             "  kept         {}{}",
             summary.kept,
             if summary.preserved_checkpoint {
@@ -151,6 +155,5 @@ fn compute_mapping(
         source.tensors.len(),
         target.tensors.len()
     );
-    Mapping::from_json(&result.to_mapping_json())
-        .map_err(|m| anyhow::anyhow!("the computed mapping: {m}"))
+    Ok(result.to_mapping())
 }

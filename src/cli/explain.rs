@@ -2,7 +2,7 @@
 //! alternatives lost.
 
 use std::path::PathBuf;
-use weightmap::apply::mapping::did_you_mean;
+use weightmap::mapping::did_you_mean;
 use weightmap::report::explain::{
     effective_weights, explain_to_text, ExplainOptions, DEFAULT_ALTERNATIVES,
 };

@@ -12,9 +12,20 @@ pub struct Args {
     pub source: PathBuf,
     /// The target: a TorchScript model (gives execution order), a checkpoint, or a model spec JSON.
     pub target: PathBuf,
-    /// Write the mapping as JSON {source name: target name} (with {"target", "transform"}
-    /// entries where a transpose or reshape is needed).
-    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    /// Write the mapping file `apply` reads (version 2):
+    /// {"format": "weightmap.mapping", "version": 2,
+    ///  "mapping": {SOURCE: TARGET | {"target": TARGET, "transform": "transpose" | {"reshape": [..]}}},
+    ///  "conversions": [{"kind": split|concat|stack|unstack|stack_of_concat|split_of_unstack,
+    ///    "sources": [..], "targets": [..] (in the order the op uses them), "dim": N,
+    ///    "sizes": [..], "group_size": G, "concat_dim": N, "transpose": bool,
+    ///    "confidence": 0..1, "reason": "...", "ambiguous": "what to check"}]}.
+    /// The older {source: target} form is still read; see the README for the semantics.
+    #[arg(
+        short = 'o',
+        long = "output",
+        value_name = "FILE",
+        verbatim_doc_comment
+    )]
     pub output: Option<PathBuf>,
     /// Write the full JSON report (scores, breakdowns, alternatives, unmatched with reasons).
     #[arg(long, value_name = "FILE")]
@@ -108,5 +119,9 @@ fn headline(r: &MappingResult) -> String {
         100.0 * r.coverage(),
         r.unmatched_source.len(),
         r.mappings.iter().filter(|m| m.ambiguous.is_some()).count()
+            + r.conversions
+                .iter()
+                .filter(|c| c.ambiguous.is_some())
+                .count()
     )
 }

@@ -146,6 +146,20 @@ fn print_report(r: &VerifyReport) {
         .map(|t| format!("{} ({})", t.name, t.transform))
         .collect();
     section("TRANSFORMED", &transformed);
+    let converted: Vec<String> = r
+        .converted
+        .iter()
+        .map(|t| format!("{} (by {})", t.name, t.conversion))
+        .collect();
+    section("CONVERTED", &converted);
+    if !r.computed.is_empty() {
+        let computed: Vec<String> = r
+            .computed
+            .iter()
+            .map(|n| format!("{n} (computed by the model, not expected in a checkpoint)"))
+            .collect();
+        section("COMPUTED", &computed);
+    }
     if let Some(shape) = &r.output_shape {
         println!("forward on {}: output {:?}", r.inputs.join(", "), shape);
     }

@@ -12,7 +12,7 @@ use super::{hash_all, locate_values, unique_content_pairs, Side};
 use crate::apply::data::TensorData;
 use crate::error::Result;
 use crate::mapper::{
-    Mapper, MappingResult, Match, MatchType, Resolution, SuggestOptions, TensorOrder, Transform,
+    Mapper, MappingResult, Match, MatchType, Resolution, SuggestOptions, TensorOrder,
 };
 use crate::score::{ScoreBreakdown, ShapeRelation, SHAPE_EQUAL};
 use crate::spec::ModelSpec;
@@ -108,7 +108,7 @@ fn content_match(s: &crate::TensorInfo, t: &crate::TensorInfo) -> Match {
             context: 0.0,
             order: None,
         },
-        transform: Transform::None,
+        transform: None,
         match_type: MatchType::Individual,
         resolution: Resolution::Unique,
         resolution_detail:

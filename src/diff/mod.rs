@@ -248,7 +248,7 @@ impl<'s> Diff<'s> {
         self.pair_by_content()?;
         for &(i, j) in &name_pairs {
             if self.free_a[i] && self.free_b[j] {
-                self.classify(i, j, PairedBy::Name, Transform::None)?;
+                self.classify(i, j, PairedBy::Name, None)?;
             }
         }
         if self.free_a.contains(&true) && self.free_b.contains(&true) {
@@ -386,12 +386,18 @@ impl<'s> Diff<'s> {
     }
 
     /// Files the pair (i, j) as renamed, changed or converted.
-    fn classify(&mut self, i: usize, j: usize, by: PairedBy, transform: Transform) -> Result<()> {
+    fn classify(
+        &mut self,
+        i: usize,
+        j: usize,
+        by: PairedBy,
+        transform: Option<Transform>,
+    ) -> Result<()> {
         let (ta, tb) = (&self.a.tensors[i], &self.b.tensors[j]);
         let layout = match (&transform, ta.shape == tb.shape) {
-            (Transform::None, true) => Layout::Same,
-            (Transform::Transpose, _) => Layout::Transposed,
-            (Transform::Reshape { .. }, _) | (Transform::None, false) if ta.numel == tb.numel => {
+            (None, true) => Layout::Same,
+            (Some(Transform::Transpose), _) => Layout::Transposed,
+            (Some(Transform::Reshape(_)), _) | (None, false) if ta.numel == tb.numel => {
                 Layout::Same
             }
             // Same name, shapes that no layout change explains: two different tensors.

@@ -248,22 +248,7 @@ impl SuggestOptions {
     }
 }
 
-/// How a tensor must be changed to fit its target.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Transform {
-    /// Copied as is.
-    None,
-    /// 2-D transpose (`[in, out]` → `[out, in]`).
-    Transpose,
-    /// Reshaped (same elements).
-    Reshape {
-        /// Source shape.
-        from: Vec<i64>,
-        /// Target shape.
-        to: Vec<i64>,
-    },
-}
+pub use crate::mapping::{Conversion, ConversionKind, Transform};
 
 /// Whether a pair came with its module (weight, bias and buffers together) or alone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -317,8 +302,8 @@ pub struct Match {
     pub score: f64,
     /// Every part of the score.
     pub breakdown: ScoreBreakdown,
-    /// How to change the tensor to fit.
-    pub transform: Transform,
+    /// How to change the tensor to fit (`None`: copied as is).
+    pub transform: Option<Transform>,
     /// Group or individual.
     pub match_type: MatchType,
     /// What decided the pair.
@@ -377,11 +362,12 @@ pub enum UnmatchedReason {
         /// The matched counterpart module.
         counterpart: String,
     },
-    /// Takes part in a many-to-one relation (split, concat, stack) that a one-to-one
-    /// mapping cannot express.
-    ManyToOne {
-        /// The relation.
-        relation: ManyToOne,
+    /// Takes part in a conversion (split, concat, stack, ...): many-to-one or one-to-many,
+    /// which a one-to-one entry cannot express; the mapping file lists it under
+    /// `conversions`.
+    Converted {
+        /// The conversion.
+        conversion: Conversion,
     },
     /// Shares storage with a tensor that is mapped (tied weights).
     Tied {
@@ -427,7 +413,7 @@ impl UnmatchedReason {
             UnmatchedReason::MissingInCounterpart { counterpart } => {
                 format!("its module matched {counterpart}, which has no such tensor")
             }
-            UnmatchedReason::ManyToOne { relation } => relation.describe(),
+            UnmatchedReason::Converted { conversion } => conversion.describe(),
             UnmatchedReason::Tied { to } => format!("tied to {to} (same storage), which is mapped"),
             UnmatchedReason::NotInStateDict => {
                 "non-persistent buffer (not in the state dict)".into()
@@ -450,81 +436,6 @@ pub struct Unmatched {
     pub shape: Vec<i64>,
     /// Why.
     pub reason: UnmatchedReason,
-}
-
-/// Kinds of many-to-one relations (the names used in the corpus' `case.json`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ManyToOneKind {
-    /// One source tensor split along `axis` into several targets (fused qkv → q, k, v).
-    Split,
-    /// Several source tensors concatenated along `axis` into one target.
-    Concat,
-    /// Several source tensors stacked along a new axis 0 into one target (experts).
-    Stack,
-    /// Per index, `group_size` source tensors concatenated along `axis`, then stacked.
-    StackOfConcat,
-    /// One source tensor unstacked along axis 0 into several targets.
-    Unstack,
-}
-
-/// A relation between tensors that a one-to-one mapping cannot express.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ManyToOne {
-    /// The kind.
-    pub kind: ManyToOneKind,
-    /// Source tensors (names as in the source file), in order.
-    pub sources: Vec<String>,
-    /// Target tensors, in order.
-    pub targets: Vec<String>,
-    /// The axis of the split or concatenation (0 for stacks).
-    pub axis: usize,
-    /// For `StackOfConcat`: tensors concatenated per index.
-    pub group_size: Option<usize>,
-}
-
-impl ManyToOne {
-    /// One line for people.
-    pub fn describe(&self) -> String {
-        let list = |v: &[String]| {
-            if v.len() <= 4 {
-                v.join(", ")
-            } else {
-                format!("{}, ... ({} tensors)", v[..2].join(", "), v.len())
-            }
-        };
-        match self.kind {
-            ManyToOneKind::Split => format!(
-                "split/fused: {} splits along dim {} into {}",
-                list(&self.sources),
-                self.axis,
-                list(&self.targets)
-            ),
-            ManyToOneKind::Concat => format!(
-                "split/fused: {} concatenate along dim {} into {}",
-                list(&self.sources),
-                self.axis,
-                list(&self.targets)
-            ),
-            ManyToOneKind::Stack => format!(
-                "stacked experts: {} stack into {}",
-                list(&self.sources),
-                list(&self.targets)
-            ),
-            ManyToOneKind::StackOfConcat => format!(
-                "stacked experts: {} concatenate in groups of {} along dim {} and stack into {}",
-                list(&self.sources),
-                self.group_size.unwrap_or(1),
-                self.axis,
-                list(&self.targets)
-            ),
-            ManyToOneKind::Unstack => format!(
-                "stacked experts: {} unstacks into {}",
-                list(&self.sources),
-                list(&self.targets)
-            ),
-        }
-    }
 }
 
 /// What a report says about one model.
@@ -561,8 +472,9 @@ pub struct MappingResult {
     pub unmatched_source: Vec<Unmatched>,
     /// Target tensors left unmatched, with reasons, in target order.
     pub unmatched_target: Vec<Unmatched>,
-    /// Many-to-one relations found (their tensors are also listed as unmatched).
-    pub many_to_one: Vec<ManyToOne>,
+    /// Conversions found: many-to-one and one-to-many ops (their tensors are also listed
+    /// as unmatched, with the conversion as the reason).
+    pub conversions: Vec<Conversion>,
     /// How the scored stage ran.
     #[serde(default)]
     pub scoring: ScoringSummary,
@@ -585,21 +497,25 @@ impl MappingResult {
             .collect()
     }
 
-    /// The mapping file written by `map -o`: {source: target}, or for pairs that need a
-    /// transform {source: {"target": ..., "transform": "transpose" | {"reshape": [...]}}}.
-    pub fn to_mapping_json(&self) -> Value {
-        let mut m = Map::new();
-        for x in &self.mappings {
-            let v = match &x.transform {
-                Transform::None => Value::String(x.target.clone()),
-                Transform::Transpose => json!({"target": x.target, "transform": "transpose"}),
-                Transform::Reshape { to, .. } => {
-                    json!({"target": x.target, "transform": {"reshape": to}})
-                }
-            };
-            m.insert(x.source_original.clone(), v);
+    /// The mapping `apply` executes: every pair (with its transform) and every conversion.
+    pub fn to_mapping(&self) -> crate::mapping::Mapping {
+        crate::mapping::Mapping {
+            entries: self
+                .mappings
+                .iter()
+                .map(|x| crate::mapping::MappingEntry {
+                    source: x.source_original.clone(),
+                    target: x.target.clone(),
+                    transform: x.transform.clone(),
+                })
+                .collect(),
+            conversions: self.conversions.clone(),
         }
-        Value::Object(m)
+    }
+
+    /// The mapping file written by `map -o` (version 2, see [`crate::mapping`]).
+    pub fn to_mapping_json(&self) -> Value {
+        self.to_mapping().to_json()
     }
 
     /// Share of target tensors that received a source tensor.
@@ -653,15 +569,15 @@ impl MappingResult {
                 "matched": self.mappings.len(),
                 "unmatched_source": self.unmatched_source.len(),
                 "unmatched_target": self.unmatched_target.len(),
-                "transposed": self.mappings.iter().filter(|m| m.transform == Transform::Transpose).count(),
+                "transposed": self.mappings.iter().filter(|m| m.transform == Some(Transform::Transpose)).count(),
                 "ambiguous": self.mappings.iter().filter(|m| m.ambiguous.is_some()).count(),
-                "many_to_one": self.many_to_one.len(),
+                "conversions": self.conversions.len(),
             },
             "coverage": round4(self.coverage()),
             "mappings": mappings,
             "unmatched_source": unmatched(&self.unmatched_source),
             "unmatched_target": unmatched(&self.unmatched_target),
-            "many_to_one": self.many_to_one,
+            "conversions": self.conversions,
             "scoring": self.scoring,
         })
     }

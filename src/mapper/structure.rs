@@ -17,8 +17,9 @@
 
 use super::relations::{split_of, Found};
 use super::side::{Item, SideModel, Strength};
-use super::{ManyToOne, ManyToOneKind, Resolution};
+use super::Resolution;
 use crate::assign::{assign, Edge};
+use crate::mapping::{Conversion, ConversionKind};
 use crate::score::{local_name_similarity, tokenize, Token, RELATIONAL_AFTER, RELATIONAL_BEFORE};
 use std::collections::{HashMap, HashSet};
 
@@ -812,7 +813,7 @@ impl<'a, 'b> Matcher<'a, 'b> {
                     .copied()
                     .filter(|c| !consumed_many.contains(c))
                     .collect();
-                let Some((members, axes)) = split_of(one, u, many, &cands) else {
+                let Some((members, axes, evidence)) = split_of(one, u, many, &cands) else {
                     continue;
                 };
                 if members.iter().any(|&m| {
@@ -843,19 +844,19 @@ impl<'a, 'b> Matcher<'a, 'b> {
                             .collect()
                     };
                     let (n1, nm) = (names(one, &[oi]), names(many, &mis));
+                    let sizes: Vec<i64> = mis
+                        .iter()
+                        .map(|&i| many.spec.tensors[i].shape[axis])
+                        .collect();
                     let (kind, sources, targets, source_tensors, target_tensors) = if split {
-                        (ManyToOneKind::Split, n1, nm, vec![oi], mis)
+                        (ConversionKind::Split, n1, nm, vec![oi], mis)
                     } else {
-                        (ManyToOneKind::Concat, nm, n1, mis, vec![oi])
+                        (ConversionKind::Concat, nm, n1, mis, vec![oi])
                     };
+                    let mut c = Conversion::new(kind, sources, targets, axis);
+                    c.sizes = Some(sizes);
                     self.out.relations.push(Found {
-                        relation: ManyToOne {
-                            kind,
-                            sources,
-                            targets,
-                            axis,
-                            group_size: None,
-                        },
+                        relation: evidence.clone().apply(c),
                         source_tensors,
                         target_tensors,
                     });

@@ -14,7 +14,7 @@
 
 use crate::error::{Error, Result};
 use crate::mapper::{
-    Alternative, ManyToOne, MappingResult, Match, MatchType, ModelSummary, Resolution,
+    Alternative, Conversion, MappingResult, Match, MatchType, ModelSummary, Resolution,
     ScoringSummary, Strategy, Transform, Unmatched, UnmatchedReason, CONSERVATIVE_MIN_MARGIN,
     CONSERVATIVE_MIN_SCORE,
 };
@@ -49,7 +49,8 @@ struct ReportMapping {
     source_shape: Vec<i64>,
     target_shape: Vec<i64>,
     match_type: MatchType,
-    transform: Transform,
+    #[serde(default)]
+    transform: Option<Transform>,
     resolution: Resolution,
     #[serde(default)]
     resolution_detail: String,
@@ -81,7 +82,7 @@ struct ReportFile {
     unmatched_source: Vec<ReportUnmatched>,
     unmatched_target: Vec<ReportUnmatched>,
     #[serde(default)]
-    many_to_one: Vec<ManyToOne>,
+    conversions: Vec<Conversion>,
     #[serde(default)]
     scoring: ScoringSummary,
 }
@@ -136,7 +137,7 @@ pub fn result_from_report_json(value: &Value, path: &Path) -> Result<MappingResu
             .collect(),
         unmatched_source: unmatched(r.unmatched_source),
         unmatched_target: unmatched(r.unmatched_target),
-        many_to_one: r.many_to_one,
+        conversions: r.conversions,
         scoring: r.scoring,
     })
 }
@@ -328,7 +329,16 @@ pub fn report_data(
         "m": matches,
         "us": unmatched(&result.unmatched_source, &s_index),
         "ut": unmatched(&result.unmatched_target, &t_index),
-        "rel": result.many_to_one.iter().map(ManyToOne::describe).collect::<Vec<_>>(),
+        "rel": result.conversions.iter().map(|c| {
+            let mut line = c.describe();
+            if let Some(r) = &c.reason {
+                line += &format!(" ({r})");
+            }
+            if let Some(a) = &c.ambiguous {
+                line += &format!(" [check: {a}]");
+            }
+            line
+        }).collect::<Vec<_>>(),
     })
 }
 

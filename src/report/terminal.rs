@@ -172,11 +172,11 @@ pub fn transform_mark(m: &Match) -> &'static str {
 }
 
 /// `exact`, `transpose` or `reshape`.
-pub fn transform_name(t: &Transform) -> &'static str {
+pub fn transform_name(t: &Option<Transform>) -> &'static str {
     match t {
-        Transform::None => "exact",
-        Transform::Transpose => "transpose",
-        Transform::Reshape { .. } => "reshape",
+        None => "exact",
+        Some(Transform::Transpose) => "transpose",
+        Some(Transform::Reshape(_)) => "reshape",
     }
 }
 
@@ -287,6 +287,31 @@ pub fn map_to_text(result: &MappingResult, opts: &MapTextOptions) -> String {
                 "    {}",
                 st.yellow(m.ambiguous.as_deref().unwrap_or(""))
             );
+        }
+    }
+
+    // Conversions: what `apply` will execute, why, and what to check.
+    if !result.conversions.is_empty() {
+        let _ = writeln!(out);
+        let _ = writeln!(
+            out,
+            "{}",
+            st.bold(&format!(
+                "Conversions ({}, written to the mapping file)",
+                result.conversions.len()
+            ))
+        );
+        for c in &result.conversions {
+            let _ = writeln!(out, "  {}", c.describe());
+            let _ = writeln!(
+                out,
+                "    confidence {:.2}: {}",
+                c.confidence.unwrap_or(0.0),
+                c.reason.as_deref().unwrap_or("")
+            );
+            if let Some(a) = &c.ambiguous {
+                let _ = writeln!(out, "    {}", st.yellow(&format!("check: {a}")));
+            }
         }
     }
 
@@ -429,7 +454,7 @@ fn write_table(out: &mut String, rows: &[&Match], st: &Style) {
             parts.push(match i {
                 0 => st.score(m.score, &text),
                 5 if m.ambiguous.is_some() => st.yellow(&text),
-                5 if m.transform != Transform::None => st.cyan(&text),
+                5 if m.transform.is_some() => st.cyan(&text),
                 _ => text,
             });
         }

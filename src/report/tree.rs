@@ -62,7 +62,19 @@ pub fn pairs_from_result(
         .enumerate()
         .map(|(i, t)| (t.name.as_str(), i))
         .collect();
-    result
+    let by_original: HashMap<&str, usize> = source
+        .tensors
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.original_name.as_str(), i))
+        .collect();
+    let t_by_original: HashMap<&str, usize> = target
+        .tensors
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.original_name.as_str(), i))
+        .collect();
+    let mut pairs: Vec<TreePair> = result
         .mappings
         .iter()
         .filter_map(|m| {
@@ -72,15 +84,34 @@ pub fn pairs_from_result(
                 score: Some(m.score),
             })
         })
-        .collect()
+        .collect();
+    // Conversions name tensors as written in their files.
+    for c in &result.conversions {
+        for s in c.sources.iter().filter_map(|s| by_original.get(s.as_str())) {
+            for t in c
+                .targets
+                .iter()
+                .filter_map(|t| t_by_original.get(t.as_str()))
+            {
+                pairs.push(TreePair {
+                    source: *s,
+                    target: *t,
+                    score: c.confidence,
+                });
+            }
+        }
+    }
+    pairs
 }
 
 /// The pairs of a mapping file, checked against both models (see
-/// [`crate::apply::Mapping::resolve`]); `context` names the file in errors.
+/// [`crate::mapping::Mapping::resolve`]); `context` names the file in errors. A
+/// conversion pairs each of its sources with each of its targets it feeds (all of them
+/// for a gather or a scatter).
 pub fn pairs_from_mapping(
     source: &ModelSpec,
     target: &ModelSpec,
-    mapping: &crate::apply::Mapping,
+    mapping: &crate::mapping::Mapping,
     context: &str,
 ) -> crate::Result<Vec<TreePair>> {
     let resolved = mapping.resolve(source, Some(target), context)?;
@@ -90,7 +121,8 @@ pub fn pairs_from_mapping(
         .enumerate()
         .map(|(i, t)| (t.name.as_str(), i))
         .collect();
-    Ok(resolved
+    let mut pairs: Vec<TreePair> = resolved
+        .entries
         .iter()
         .filter_map(|e| {
             Some(TreePair {
@@ -99,7 +131,24 @@ pub fn pairs_from_mapping(
                 score: None,
             })
         })
-        .collect())
+        .collect();
+    for c in &resolved.conversions {
+        for &s in &c.sources {
+            for t in c
+                .conversion
+                .targets
+                .iter()
+                .filter_map(|t| t_index.get(t.as_str()))
+            {
+                pairs.push(TreePair {
+                    source: s,
+                    target: *t,
+                    score: c.conversion.confidence,
+                });
+            }
+        }
+    }
+    Ok(pairs)
 }
 
 /// Whether a tensor is a buffer: known from the model, or by its leaf name when the
@@ -426,12 +475,17 @@ pub fn render_side_by_side(
         let _ = writeln!(out, "{}", row.trim_end());
     }
     let matched = pairs.len();
+    let count = |v: &Option<Vec<Option<usize>>>| {
+        v.as_ref()
+            .map_or(0, |v| v.iter().filter(|x| x.is_some()).count())
+    };
+    let (ms, mt) = (count(&left.counterpart), count(&right.counterpart));
     let _ = writeln!(
         out,
         "{matched} pairs; {} of {} source and {} of {} target tensors unmatched",
-        source.tensors.len().saturating_sub(matched),
+        source.tensors.len().saturating_sub(ms),
         source.tensors.len(),
-        target.tensors.len().saturating_sub(matched),
+        target.tensors.len().saturating_sub(mt),
         target.tensors.len()
     );
     let _ = writeln!(out, "{}", style.dim(&legend(true)));

@@ -6,7 +6,8 @@ use crate::support::repo;
 use std::path::{Path, PathBuf};
 
 /// Layers in order; a module may use its own layer's base modules and anything earlier.
-/// Rank 0: data every stage hands on; 1: shared layers (know no stage); then the stages.
+/// Rank 0: data every stage hands on; 1: shared layers (know no stage); 2: the mapping
+/// file; then the stages.
 const LAYERS: &[(&str, u32)] = &[
     ("error", 0),
     ("device", 0),
@@ -15,20 +16,21 @@ const LAYERS: &[(&str, u32)] = &[
     ("spec", 0),
     ("progress", 0),
     ("output", 0),
-    ("mapping", 0),
     ("format", 1),
     ("libtorch", 1),
-    ("read", 2),
-    ("normalize", 3),
-    ("trace", 4),
-    ("score", 5),
-    ("assign", 6),
-    ("mapper", 7),
-    ("pipeline", 8),
-    ("report", 9),
-    ("apply", 10),
-    ("verify", 11),
-    ("diff", 12),
+    // The mapping file: the contract between `map` and `apply`, read and written as JSON.
+    ("mapping", 2),
+    ("read", 3),
+    ("normalize", 4),
+    ("trace", 5),
+    ("score", 6),
+    ("assign", 7),
+    ("mapper", 8),
+    ("pipeline", 9),
+    ("report", 10),
+    ("apply", 11),
+    ("verify", 12),
+    ("diff", 13),
 ];
 
 /// Longest source file, in lines (unit-test files aside).

@@ -99,7 +99,7 @@ fn corpus_cases_score_perfect_precision() {
                         .find(|u| u.original_name == key);
                     if !matches!(
                         u.map(|u| &u.reason),
-                        Some(UnmatchedReason::ManyToOne { .. })
+                        Some(UnmatchedReason::Converted { .. })
                     ) {
                         failures.push(format!(
                             "{name} {source}: {key} ({}) not reported as split/stacked: {:?}",

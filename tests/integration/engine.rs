@@ -2,7 +2,7 @@
 //! fused and stacked tensors, groups, constraints, strategies and the output formats.
 
 use weightmap::mapper::{
-    parse_incompatible, ManyToOneKind, Mapper, MapperOptions, MappingResult, MatchType, OrderKind,
+    parse_incompatible, ConversionKind, Mapper, MapperOptions, MappingResult, MatchType, OrderKind,
     Resolution, Strategy, SuggestOptions, TensorOrder, Transform, UnmatchedReason,
 };
 use weightmap::score::ScoreWeights;
@@ -246,13 +246,13 @@ fn transposed_weights_and_square_ones_are_flagged() {
     for m in &r.mappings {
         assert_eq!(m.source, m.target);
         if m.source.ends_with("c_attn.weight") {
-            assert_eq!(m.transform, Transform::Transpose);
+            assert_eq!(m.transform, Some(Transform::Transpose));
             assert!(m.ambiguous.is_none());
         }
         if m.source.ends_with("c_proj.weight") {
             assert_eq!(
                 m.transform,
-                Transform::Transpose,
+                Some(Transform::Transpose),
                 "square weight follows its transposed siblings"
             );
             let why = m
@@ -266,8 +266,15 @@ fn transposed_weights_and_square_ones_are_flagged() {
         }
     }
     let json = r.to_mapping_json();
-    assert_eq!(json["h.0.attn.c_proj.weight"]["transform"], "transpose");
-    assert_eq!(json["h.0.attn.c_attn.bias"], "h.0.attn.c_attn.bias");
+    assert_eq!(json["version"], 2);
+    assert_eq!(
+        json["mapping"]["h.0.attn.c_proj.weight"]["transform"],
+        "transpose"
+    );
+    assert_eq!(
+        json["mapping"]["h.0.attn.c_attn.bias"],
+        "h.0.attn.c_attn.bias"
+    );
 
     // Without any transposed sibling, a square weight is copied as is, unflagged.
     let plain = spec(
@@ -278,7 +285,7 @@ fn transposed_weights_and_square_ones_are_flagged() {
     assert!(r
         .mappings
         .iter()
-        .all(|m| m.transform == Transform::None && m.ambiguous.is_none()));
+        .all(|m| m.transform.is_none() && m.ambiguous.is_none()));
 }
 
 #[test]
@@ -323,11 +330,20 @@ fn fused_qkv_is_reported_not_forced() {
         .find(|u| u.name == "blocks.0.attn.qkv.weight")
         .unwrap();
     match &u.reason {
-        UnmatchedReason::ManyToOne { relation } => {
-            assert_eq!(relation.kind, ManyToOneKind::Split);
-            assert_eq!(relation.axis, 0);
+        UnmatchedReason::Converted { conversion } => {
+            assert_eq!(conversion.kind, ConversionKind::Split);
+            assert_eq!(conversion.dim, 0);
+            assert!(conversion.ambiguous.is_none());
+            assert!(
+                conversion
+                    .reason
+                    .as_deref()
+                    .unwrap_or("")
+                    .contains("spells"),
+                "{conversion:?}"
+            );
             assert_eq!(
-                relation.targets,
+                conversion.targets,
                 vec![
                     "layers.0.attention.q_proj.weight",
                     "layers.0.attention.k_proj.weight",
@@ -342,7 +358,42 @@ fn fused_qkv_is_reported_not_forced() {
         .iter()
         .find(|u| u.name == "layers.0.attention.k_proj.bias")
         .unwrap();
-    assert!(matches!(t.reason, UnmatchedReason::ManyToOne { .. }));
+    assert!(matches!(t.reason, UnmatchedReason::Converted { .. }));
+    // The mapping file says it all: the op, its parts in order, their sizes.
+    let file = r.to_mapping_json();
+    let c = &file["conversions"][0];
+    assert_eq!(c["kind"], "split");
+    assert_eq!(c["sizes"].as_array().unwrap().len(), 3);
+}
+
+#[test]
+fn a_concat_whose_order_names_cannot_settle_is_flagged() {
+    // `mix` does not spell `a_lin`, `b_lin`: the order inside it is not settled by names.
+    let src = spec(
+        Format::Safetensors,
+        &[
+            ("blocks.0.unit.a_lin.weight", &[4, 6]),
+            ("blocks.0.unit.b_lin.weight", &[2, 6]),
+            ("blocks.0.norm.weight", &[6]),
+        ],
+    );
+    let tgt = spec(
+        Format::TorchScript,
+        &[
+            ("blocks.0.unit.mix.weight", &[6, 6]),
+            ("blocks.0.norm.weight", &[6]),
+        ],
+    );
+    let r = map(src, tgt);
+    assert_eq!(r.conversions.len(), 1, "{:?}", r.conversions);
+    let c = &r.conversions[0];
+    assert_eq!(c.kind, ConversionKind::Concat);
+    let why = c
+        .ambiguous
+        .as_deref()
+        .expect("an unsettled order must be flagged");
+    assert!(why.contains("not settled by names"), "{why}");
+    assert!(c.confidence.unwrap() < 0.9);
 }
 
 #[test]
@@ -371,17 +422,18 @@ fn stacked_experts_are_reported_not_forced() {
         Some("layers.0.mlp.gate.weight")
     );
     assert_eq!(r.mappings.len(), 1);
-    let kinds: Vec<ManyToOneKind> = r.many_to_one.iter().map(|m| m.kind).collect();
+    let kinds: Vec<ConversionKind> = r.conversions.iter().map(|m| m.kind).collect();
     assert!(
-        kinds.contains(&ManyToOneKind::Stack) && kinds.contains(&ManyToOneKind::StackOfConcat),
+        kinds.contains(&ConversionKind::Stack) && kinds.contains(&ConversionKind::StackOfConcat),
         "{kinds:?}"
     );
     let soc = r
-        .many_to_one
+        .conversions
         .iter()
-        .find(|m| m.kind == ManyToOneKind::StackOfConcat)
+        .find(|m| m.kind == ConversionKind::StackOfConcat)
         .unwrap();
     assert_eq!(soc.group_size, Some(2));
+    assert_eq!(soc.concat_dim, Some(0));
     assert_eq!(
         &soc.sources[..2],
         &[
@@ -392,7 +444,7 @@ fn stacked_experts_are_reported_not_forced() {
     assert!(r
         .unmatched_source
         .iter()
-        .all(|u| matches!(u.reason, UnmatchedReason::ManyToOne { .. })));
+        .all(|u| matches!(u.reason, UnmatchedReason::Converted { .. })));
 }
 
 #[test]
@@ -565,13 +617,14 @@ fn outputs_and_explain() {
         "source_shape",
         "target_shape",
         "match_type",
-        "transform",
         "breakdown",
         "confidence",
         "alternatives",
     ] {
         assert!(!first[key].is_null(), "report lacks {key}");
     }
+    // `null` when the tensor is copied as is, as in the mapping file.
+    assert!(first.as_object().unwrap().contains_key("transform"));
     // Alternatives are sorted and never the chosen target; confidence is the margin.
     for m in &r.mappings {
         assert!(m.alternatives.iter().all(|a| a.target != m.target));
@@ -640,13 +693,10 @@ fn reshape_only_with_tolerance() {
     assert_eq!(r.mappings.len(), 1);
     assert_eq!(
         r.mappings[0].transform,
-        Transform::Reshape {
-            from: vec![6, 4, 1, 1],
-            to: vec![6, 4]
-        }
+        Some(Transform::Reshape(vec![6, 4]))
     );
     assert_eq!(
-        r.to_mapping_json()["proj.weight"]["transform"]["reshape"],
+        r.to_mapping_json()["mapping"]["proj.weight"]["transform"]["reshape"],
         serde_json::json!([6, 4])
     );
 }

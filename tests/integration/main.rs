@@ -13,6 +13,8 @@ mod apply;
 #[cfg(feature = "libtorch")]
 mod bench_corpus;
 #[cfg(feature = "libtorch")]
+mod conversions;
+#[cfg(feature = "libtorch")]
 mod diff;
 #[cfg(feature = "libtorch")]
 mod hardening;

@@ -250,7 +250,7 @@ pub(crate) fn run<'a>(m: &'a Mapper, opts: &SuggestOptions) -> Result<(MappingRe
 
     // 5. Transforms, orientation evidence, scores.
     let evidence = state.orientation_evidence(&pairs);
-    let scored: Vec<(TPair, Transform, Option<String>, ScoreBreakdown)> = pairs
+    let scored: Vec<(TPair, Option<Transform>, Option<String>, ScoreBreakdown)> = pairs
         .par_iter()
         .filter_map(|p| {
             let (transform, flag) = state.transform_of(p, &evidence);
@@ -428,8 +428,8 @@ pub(crate) fn run<'a>(m: &'a Mapper, opts: &SuggestOptions) -> Result<(MappingRe
                 continue;
             }
             let reason = if let Some(&k) = rel.get(&i) {
-                UnmatchedReason::ManyToOne {
-                    relation: relations[k].relation.clone(),
+                UnmatchedReason::Converted {
+                    conversion: relations[k].relation.clone(),
                 }
             } else if !tensor.persistent {
                 UnmatchedReason::NotInStateDict
@@ -479,7 +479,7 @@ pub(crate) fn run<'a>(m: &'a Mapper, opts: &SuggestOptions) -> Result<(MappingRe
         mappings,
         unmatched_source,
         unmatched_target,
-        many_to_one: relations.into_iter().map(|f| f.relation).collect(),
+        conversions: relations.into_iter().map(|f| f.relation).collect(),
         scoring,
     };
     Ok((result, state))

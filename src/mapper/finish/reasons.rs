@@ -45,26 +45,20 @@ impl<'a> State<'a> {
         &self,
         p: &TPair,
         ev: &HashMap<usize, (usize, usize)>,
-    ) -> (Transform, Option<String>) {
+    ) -> (Option<Transform>, Option<String>) {
         let (ss, ts) = (
             &self.s.spec.tensors[p.s].shape,
             &self.t.spec.tensors[p.t].shape,
         );
         match crate::score::shape_relation(ss, ts, self.allow_reshape) {
-            Some(ShapeRelation::Transpose) => (Transform::Transpose, None),
-            Some(ShapeRelation::Reshape) => (
-                Transform::Reshape {
-                    from: ss.clone(),
-                    to: ts.clone(),
-                },
-                None,
-            ),
+            Some(ShapeRelation::Transpose) => (Some(Transform::Transpose), None),
+            Some(ShapeRelation::Reshape) => (Some(Transform::Reshape(ts.clone())), None),
             _ => {
                 let square =
                     ss.len() == 2 && ss[0] == ss[1] && self.s.feats[p.s].role == Role::Weight;
                 let global = ev.get(&0).copied().unwrap_or_default();
                 if !square || global.0 == 0 {
-                    return (Transform::None, None);
+                    return (None, None);
                 }
                 let dims = format!("[{}, {}]", ss[0], ss[1]);
                 for a in self.s.ancestors_of_tensor(p.s) {
@@ -75,20 +69,20 @@ impl<'a> State<'a> {
                     let scope = format!("{} ↔ {}", self.s.nodes[a].path, self.t.nodes[b].path);
                     return if di == 0 {
                         (
-                            Transform::Transpose,
+                            Some(Transform::Transpose),
                             Some(format!("square weight {dims}: its shape cannot tell its orientation; transposed because all {tr} non-square 2-D weights matched under {scope} are transposed")),
                         )
                     } else if tr > 0 {
                         (
-                            Transform::None,
+                            None,
                             Some(format!("square weight {dims}: its shape cannot tell its orientation and the evidence under {scope} is mixed ({tr} non-square 2-D weights transposed, {di} not); kept as is")),
                         )
                     } else {
-                        (Transform::None, None)
+                        (None, None)
                     };
                 }
                 (
-                    Transform::None,
+                    None,
                     Some(format!("square weight {dims}: its shape cannot tell its orientation; {} non-square 2-D weights elsewhere are transposed, none near it; kept as is", global.0)),
                 )
             }

@@ -36,6 +36,8 @@ pub mod read {
 
 #[path = "../../src/apply/mod.rs"]
 pub mod apply;
+#[path = "../../src/mapping/mod.rs"]
+pub mod mapping;
 
 use std::path::PathBuf;
 

@@ -59,6 +59,7 @@ fuzz_target!(|data: &[u8]| {
                 transform: None,
             })
             .collect(),
+        conversions: vec![],
     };
     let options = ApplyOptions {
         force: true,

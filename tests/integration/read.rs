@@ -155,7 +155,9 @@ fn torchscript_fixtures_agree_with_pytorch() {
 #[cfg(not(feature = "libtorch"))]
 fn torchscript_without_libtorch_says_it_needs_it() {
     for (name, _) in fixtures_of("torchscript") {
-        let err = read(&models().join(&name), None, false).unwrap_err().to_string();
+        let err = read(&models().join(&name), None, false)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains(&name) && err.contains("libtorch"), "{err}");
     }
 }

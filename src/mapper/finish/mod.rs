@@ -61,6 +61,8 @@ pub(crate) struct State<'a> {
     subtree_cache: std::sync::Mutex<HashMap<usize, std::sync::Arc<Vec<usize>>>>,
     search: CandidateSearch,
     device: crate::device::Device,
+    /// (source, target) tensor pairs the user forbade: never scored, so never formed.
+    forbid: HashSet<(usize, usize)>,
     /// The batched score's features of both sides, computed the first time it runs.
     #[cfg(feature = "libtorch")]
     features: std::sync::OnceLock<(Features, Features)>,
@@ -105,6 +107,7 @@ fn doubt(r: Resolution) -> u8 {
         Resolution::Similarity => 5,
         Resolution::Score => 6,
         Resolution::FileOrder => 7,
+        Resolution::Pinned => 0,
     }
 }
 
@@ -121,8 +124,21 @@ pub(crate) fn run<'a>(m: &'a Mapper, opts: &SuggestOptions) -> Result<(MappingRe
     } else {
         opts.threshold
     };
-    let s_active: Vec<bool> = m.source.tensors.iter().map(|t| t.persistent).collect();
-    let t_active: Vec<bool> = m.target.tensors.iter().map(|t| t.persistent).collect();
+    let mut s_active: Vec<bool> = m.source.tensors.iter().map(|t| t.persistent).collect();
+    let mut t_active: Vec<bool> = m.target.tensors.iter().map(|t| t.persistent).collect();
+    // Pinned tensors leave the problem on both sides; the engine solves the rest.
+    let constraints = m
+        .options
+        .constraints
+        .resolve(&m.source, &m.target, allow_reshape)?;
+    for &(si, ti) in &constraints.pins {
+        s_active[si] = false;
+        t_active[ti] = false;
+    }
+    if m.options.constraints.exclusive {
+        s_active.iter_mut().for_each(|a| *a = false);
+        t_active.iter_mut().for_each(|a| *a = false);
+    }
 
     // 1. Stacks among orphans, taken out before structure. The two sides are prepared
     // in parallel; when no stack is found the first preparation is kept as it is.
@@ -165,6 +181,7 @@ pub(crate) fn run<'a>(m: &'a Mapper, opts: &SuggestOptions) -> Result<(MappingRe
         subtree_cache: Default::default(),
         search: m.options.candidates,
         device: m.options.device,
+        forbid: constraints.forbid,
         #[cfg(feature = "libtorch")]
         features: Default::default(),
         shape_index: Default::default(),
@@ -178,7 +195,19 @@ pub(crate) fn run<'a>(m: &'a Mapper, opts: &SuggestOptions) -> Result<(MappingRe
     let mut pairs: Vec<TPair> = vec![];
     let mut missing_s: HashMap<usize, String> = HashMap::new();
     let mut missing_t: HashMap<usize, String> = HashMap::new();
+    // Unit pairs structure formed with a forbidden tensor pair go back to the scored
+    // assignment, where the veto holds.
+    let (reopen_s, reopen_t): (Vec<usize>, Vec<usize>) = state
+        .st
+        .unit_pairs
+        .iter()
+        .filter(|up| state.units_forbidden(up.s, up.t))
+        .map(|up| (up.s, up.t))
+        .unzip();
     for up in &state.st.unit_pairs {
+        if reopen_s.contains(&up.s) {
+            continue;
+        }
         let (a, b) = (&state.s.units[up.s], &state.t.units[up.t]);
         let (detail, resolution) = state.chain_detail(up.s, up.resolution, &up.detail);
         let group = a.tensors.len() > 1 || b.tensors.len() > 1;
@@ -220,6 +249,9 @@ pub(crate) fn run<'a>(m: &'a Mapper, opts: &SuggestOptions) -> Result<(MappingRe
         }
     }
 
+    state.st.left_s.extend(reopen_s);
+    state.st.left_t.extend(reopen_t);
+
     // 4. Leftover units: scored assignment; ties stay open.
     let none = HashSet::new();
     let first = state.assign_leftovers(&pairs, &none, &none)?;
@@ -247,6 +279,14 @@ pub(crate) fn run<'a>(m: &'a Mapper, opts: &SuggestOptions) -> Result<(MappingRe
             scoring.device = more.scoring.device;
         }
     }
+
+    pairs.extend(constraints.pins.iter().map(|&(s, t)| TPair {
+        s,
+        t,
+        resolution: Resolution::Pinned,
+        detail: "pinned by the user".into(),
+        group: false,
+    }));
 
     // 5. Transforms, orientation evidence, scores.
     let evidence = state.orientation_evidence(&pairs);
@@ -326,7 +366,9 @@ pub(crate) fn run<'a>(m: &'a Mapper, opts: &SuggestOptions) -> Result<(MappingRe
         .map(|(i, t)| (t.original_name.as_str(), i))
         .collect();
     mappings.retain(|x| {
-        let why: Option<UnmatchedReason> = if x.score < threshold {
+        let why: Option<UnmatchedReason> = if x.resolution == Resolution::Pinned {
+            None
+        } else if x.score < threshold {
             Some(UnmatchedReason::BelowThreshold {
                 candidate: String::new(),
                 score: x.score,
@@ -449,7 +491,17 @@ pub(crate) fn run<'a>(m: &'a Mapper, opts: &SuggestOptions) -> Result<(MappingRe
                         .collect(),
                 }
             } else {
-                state.open_reason(i, is_source, &matched_s, &matched_t)
+                match state.open_reason(i, is_source, &matched_s, &matched_t) {
+                    UnmatchedReason::NoShapeCandidate => match other.find(&tensor.name) {
+                        Some(o) => UnmatchedReason::Mismatched {
+                            other: other.tensors[o].original_name.clone(),
+                            shape: tensor.shape.clone(),
+                            other_shape: other.tensors[o].shape.clone(),
+                        },
+                        None => UnmatchedReason::NoShapeCandidate,
+                    },
+                    reason => reason,
+                }
             };
             out.push(Unmatched {
                 name: tensor.name.clone(),

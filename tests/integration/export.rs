@@ -57,7 +57,11 @@ fn hf_key_mapping_reproduces_every_rename_with_few_rules() {
     let Some(py) = python() else {
         return;
     };
-    for case in ["mixtral_hub2hf_v5", "resnet_refactor"] {
+    for case in [
+        "mixtral_hub2hf_v5",
+        "resnet_refactor",
+        "moe_large_synthetic",
+    ] {
         let tmp = tempfile::tempdir().unwrap();
         let Some((_, mapping)) = mapped(case, tmp.path()) else {
             return;
@@ -75,7 +79,10 @@ fn hf_key_mapping_reproduces_every_rename_with_few_rules() {
         let counts: Vec<usize> = out.split_whitespace().map(|x| x.parse().unwrap()).collect();
         let (renames, rules) = (counts[0], counts[1]);
         assert!(rules >= 1 && rules <= renames, "{case}: {rules} rules");
-        if case.starts_with("mixtral") {
+        // Layer and expert indices are groups: the bar, one rule per ten renames.
+        // (resnet_refactor renumbers its stages, `layer1` -> `stages.0`, which a regex
+        // replacement cannot compute: one rule per stage and module kind.)
+        if renames >= 100 && !case.starts_with("resnet") {
             assert!(
                 rules * 10 <= renames,
                 "{case}: {rules} rules for {renames} renames; indices should be groups"

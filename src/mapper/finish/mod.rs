@@ -294,7 +294,17 @@ pub(crate) fn run<'a>(m: &'a Mapper, opts: &SuggestOptions) -> Result<(MappingRe
         .par_iter()
         .filter_map(|p| {
             let (transform, flag) = state.transform_of(p, &evidence);
-            let b = state.pair_score(p.s, p.t)?;
+            let b = match state.pair_score(p.s, p.t) {
+                Some(b) => b,
+                // A pin across roles (a weight pinned to a bias) is not a candidate the
+                // engine would score, but the user decided it: kept, scored by its shapes
+                // (checked when the pin was read).
+                None if p.resolution == Resolution::Pinned => pinned_breakdown(
+                    &state.s.spec.tensors[p.s].shape,
+                    &state.t.spec.tensors[p.t].shape,
+                ),
+                None => return None,
+            };
             Some((p.clone(), transform, flag, b))
         })
         .collect();
@@ -535,6 +545,25 @@ pub(crate) fn run<'a>(m: &'a Mapper, opts: &SuggestOptions) -> Result<(MappingRe
         scoring,
     };
     Ok((result, state))
+}
+
+/// The score of a pinned pair the engine does not score: its shape part alone.
+fn pinned_breakdown(source: &[i64], target: &[i64]) -> ScoreBreakdown {
+    let relation =
+        crate::score::shape_relation(source, target, true).unwrap_or(ShapeRelation::Reshape);
+    ScoreBreakdown {
+        total: relation.score(),
+        shape: relation.score(),
+        name: 0.0,
+        hierarchy: 0.0,
+        shape_relation: relation,
+        tokens: 0.0,
+        edit: 0.0,
+        substring: 0.0,
+        depth: 0.0,
+        context: 0.0,
+        order: None,
+    }
 }
 
 /// For each tensor sharing storage with a matched tensor (tied weights, in either

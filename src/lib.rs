@@ -5,7 +5,7 @@
 //! - **the data every stage hands on**: [`error`], [`device`], [`dtype`], [`input`]
 //!   (dummy inputs of a forward pass), [`spec`] (a
 //!   model's state dict described without tensor data), [`progress`], [`output`] (atomic
-//!   output files);
+//!   output files), [`rules`] (regex renames with HF's `key_mapping` semantics);
 //! - **shared layers**, which know no stage: [`format`] (pickle, `torch.save` zips,
 //!   safetensors, JSON, read and write together) and `libtorch` (the FFI, devices, dummy
 //!   inputs; behind the default cargo feature `libtorch`);
@@ -13,8 +13,8 @@
 //! - **the stages**: [`read`] → [`normalize`] → [`trace`] → [`score`] → [`assign`] →
 //!   [`mapper`] (the engine that runs them on two model specs) → [`pipeline`] (the policy
 //!   "map these two files", exactly what `weightmap map` does) → [`report`] → [`apply`] →
-//!   [`verify`] (with libtorch), and [`diff`] (two models compared by name, structure
-//!   and content).
+//!   [`verify`] (with libtorch), [`diff`] (two models compared by name, structure
+//!   and content), and [`export`] (a mapping as rename rules or a Python converter).
 //!
 //! ```no_run
 //! use weightmap::pipeline::{map_files, MapRequest};
@@ -35,6 +35,7 @@ pub mod error;
 pub mod input;
 pub mod output;
 pub mod progress;
+pub mod rules;
 pub mod spec;
 
 pub mod format;
@@ -44,6 +45,7 @@ pub mod libtorch;
 pub mod apply;
 pub mod assign;
 pub mod diff;
+pub mod export;
 pub mod mapper;
 pub mod mapping;
 pub mod normalize;

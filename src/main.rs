@@ -39,6 +39,8 @@ enum Command {
     /// Compare two models: identical, renamed, changed, converted, added, removed tensors.
     /// Exit 0 when they hold the same weights, 1 when not, 2 on error.
     Diff(cli::diff::Args),
+    /// Export a mapping as rename rules (HF key_mapping, rules file) or a Python converter.
+    Export(cli::export::Args),
 }
 
 fn main() {
@@ -67,6 +69,7 @@ fn main() {
                 std::process::exit(1);
             }
         }),
+        Command::Export(a) => cli::export::run(a),
     };
     if let Err(e) = result {
         // The whole chain of causes, each said once (an I/O error's text is often in the

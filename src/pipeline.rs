@@ -8,6 +8,7 @@ use crate::error::{Error, Result};
 use crate::mapper::{Mapper, MapperOptions, MappingResult, OrderKind, SuggestOptions, TensorOrder};
 use crate::normalize::read_model;
 use crate::read::{detect_format, ReadOptions};
+use crate::rules::Rules;
 use crate::spec::{Format, ModelSpec};
 use crate::trace::{ExecutionOrder, InputSpec};
 use std::collections::HashSet;
@@ -60,7 +61,8 @@ pub struct MapRequest {
     pub source: PathBuf,
     /// The target model.
     pub target: PathBuf,
-    /// How both files are read.
+    /// How both files are read; its `state_dict_key` picks the source's nested dict only
+    /// (a target is a model, or a checkpoint of its own layout).
     pub read: ReadOptions,
     /// Which order tells look-alikes apart.
     pub order: OrderPolicy,
@@ -76,6 +78,9 @@ pub struct MapRequest {
     pub mapper: MapperOptions,
     /// Strategy, threshold and score weights.
     pub suggest: SuggestOptions,
+    /// Rename rules taken as pins: every source tensor a rule renames to a target tensor
+    /// is pinned there (pins in `mapper.constraints` win).
+    pub rules: Option<Rules>,
 }
 
 impl MapRequest {
@@ -92,6 +97,7 @@ impl MapRequest {
             device: Device::Cpu,
             mapper: MapperOptions::default(),
             suggest: SuggestOptions::default(),
+            rules: None,
         }
     }
 
@@ -137,6 +143,9 @@ pub struct Prepared {
     pub mapper: Mapper,
     /// Things that went differently than asked (a model that could not be traced, say).
     pub warnings: Vec<String>,
+    /// What was chosen without being asked (the nested dict a checkpoint's state dict was
+    /// taken from).
+    pub notes: Vec<String>,
 }
 
 /// Reads both models of `request` and builds the mapper, with the orders asked for.
@@ -146,8 +155,29 @@ pub struct Prepared {
 pub fn prepare(request: &MapRequest) -> Result<Prepared> {
     request.validate()?;
     let source = read_model(&request.source, &request.read)?;
-    let target = read_model(&request.target, &request.read)?;
+    let target_read = ReadOptions {
+        state_dict_key: None,
+        ..request.read.clone()
+    };
+    let target = read_model(&request.target, &target_read)?;
     let mut warnings = Vec::new();
+    let mut notes = Vec::new();
+    for (side, spec) in [("source", &source), ("target", &target)] {
+        if let Some(key) = &spec.state_dict_key {
+            let others = if spec.alternatives.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " (also there: {}; choose with --state-dict-key)",
+                    spec.alternatives.join(", ")
+                )
+            };
+            notes.push(format!(
+                "{side} {}: the state dict under '{key}'{others}",
+                spec.path
+            ));
+        }
+    }
     let target_order = match &request.target_order {
         Some(file) => Some(order_from_file(file, &target)?),
         None => order_of(request, &request.target, &request.inputs, &mut warnings)?,
@@ -156,21 +186,66 @@ pub fn prepare(request: &MapRequest) -> Result<Prepared> {
         Some(file) => Some(order_from_file(file, &source)?),
         None => order_of(request, &request.source, &[], &mut warnings)?,
     };
-    let options = MapperOptions {
+    let mut options = MapperOptions {
         target_order,
         source_order,
         device: request.device,
         ..request.mapper.clone()
     };
+    if let Some(rules) = &request.rules {
+        let pins = pins_from_rules(rules, &source, &target, &options.constraints.pins);
+        if pins.is_empty() {
+            warnings.push(
+                "no rule renames a source tensor to a target tensor; the rules pin nothing".into(),
+            );
+        }
+        options.constraints.pins.extend(pins);
+    }
     Ok(Prepared {
         mapper: Mapper::new(source, target, options)?,
         warnings,
+        notes,
     })
 }
 
 /// Maps the two files of `request`: [`prepare`], then the engine.
 pub fn map_files(request: &MapRequest) -> Result<MappingResult> {
     prepare(request)?.mapper.suggest_mapping(&request.suggest)
+}
+
+/// The pins `rules` give: each source tensor (by its name as written) that the first
+/// matching rule renames to a target tensor's name as written, unless either tensor is
+/// already pinned in `pinned`.
+pub fn pins_from_rules(
+    rules: &Rules,
+    source: &ModelSpec,
+    target: &ModelSpec,
+    pinned: &[(String, String)],
+) -> Vec<(String, String)> {
+    let targets = target.written_index();
+    let taken_s: HashSet<&str> = pinned.iter().map(|p| p.0.as_str()).collect();
+    let mut taken_t: HashSet<usize> = pinned
+        .iter()
+        .filter_map(|p| targets.get(p.1.as_str()).copied())
+        .collect();
+    let mut out = vec![];
+    for t in &source.tensors {
+        if taken_s.contains(t.original_name.as_str()) || taken_s.contains(t.name.as_str()) {
+            continue;
+        }
+        let Some(new) = rules.rename(&t.original_name) else {
+            continue;
+        };
+        if let Some(&ti) = targets.get(new.as_str()) {
+            if taken_t.insert(ti) {
+                out.push((
+                    t.original_name.clone(),
+                    target.tensors[ti].original_name.clone(),
+                ));
+            }
+        }
+    }
+    out
 }
 
 #[cfg(feature = "libtorch")]

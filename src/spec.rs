@@ -362,6 +362,21 @@ impl ModelSpec {
         self.tensors.iter().position(|t| t.name == name)
     }
 
+    /// Every tensor by the names a user may write for it: the name as written in its
+    /// file (what `map -o` writes and `load_state_dict` expects), and the normalized name
+    /// (wrapper prefixes stripped) where no tensor is written that way. One notion of
+    /// "the names as written" for mapping files, pins and rules on either side.
+    pub fn written_index(&self) -> std::collections::HashMap<&str, usize> {
+        let mut index = std::collections::HashMap::with_capacity(2 * self.tensors.len());
+        for (i, t) in self.tensors.iter().enumerate() {
+            index.entry(t.name.as_str()).or_insert(i);
+        }
+        for (i, t) in self.tensors.iter().enumerate() {
+            index.insert(t.original_name.as_str(), i);
+        }
+        index
+    }
+
     /// Total elements over all tensors.
     pub fn total_elements(&self) -> u64 {
         self.tensors.iter().map(|t| t.numel).sum()

@@ -24,8 +24,14 @@ pub struct Args {
     /// Output format: safetensors or pth.
     #[arg(long)]
     pub format: Option<String>,
-    /// Write unmapped source tensors too, under their own names.
-    #[arg(long)]
+    /// Rename by these rules (`weightmap export --format rules`) instead of a mapping: for
+    /// more checkpoints of the same architecture (fine-tunes, EMA copies), no target needed.
+    /// A key no rule matches is an error unless --keep-unmatched.
+    #[arg(long, value_name = "RULES_JSON", conflicts_with = "mapping")]
+    pub rules: Option<PathBuf>,
+    /// Write unmapped source tensors too, under their own names (with --rules: keys no
+    /// rule matches).
+    #[arg(long, alias = "keep-unmatched")]
     pub keep_unmapped: bool,
     /// Overwrite the output if it exists (a regular file only).
     #[arg(long)]
@@ -62,6 +68,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let target = args.target.as_deref().map(|t| read(t, None)).transpose()?;
     let (mapping, context) = match (&args.mapping, &target) {
         (Some(path), _) => (Mapping::load(path)?, path.display().to_string()),
+        (None, _) if args.rules.is_some() => {
+            let path = args.rules.as_deref().unwrap_or(Path::new(""));
+            let rules = weightmap::rules::Rules::load(path)?;
+            let context = path.display().to_string();
+            let mapping = weightmap::export::mapping_from_rules(
+                &rules,
+                &source,
+                args.keep_unmapped,
+                &context,
+            )?;
+            (mapping, context)
+        }
         (None, Some(target)) => {
             let target_path = args.target.as_deref().unwrap_or(Path::new(""));
             let mapping = compute_mapping(
@@ -76,7 +94,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         (None, None) => {
             return Err(weightmap::Error::invalid(
                 "arguments",
-                "give --mapping MAPPING.json or --target TARGET",
+                "give --mapping MAPPING.json, --rules RULES.json or --target TARGET",
             )
             .into())
         }

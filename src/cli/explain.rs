@@ -19,6 +19,10 @@ pub struct Args {
     /// Number of alternatives listed.
     #[arg(long, default_value_t = DEFAULT_ALTERNATIVES, value_name = "N")]
     pub alternatives: usize,
+    /// Explain in the context of this mapping file (written by `map -o`, perhaps edited):
+    /// its pairs are pinned as they are, nothing else is mapped.
+    #[arg(long = "mapping", value_name = "MAPPING_JSON")]
+    pub mapping_file: Option<PathBuf>,
     /// Print the explanation as JSON instead.
     #[arg(long)]
     pub json: bool,
@@ -28,7 +32,10 @@ pub struct Args {
 }
 
 /// Runs `weightmap explain`.
-pub fn run(args: Args) -> anyhow::Result<()> {
+pub fn run(mut args: Args) -> anyhow::Result<()> {
+    if let Some(path) = &args.mapping_file {
+        args.flags.mapping_pins = Some(super::flags::pins_of_mapping_file(path)?);
+    }
     let (request, mapper) = args.flags.prepare(&args.source, &args.target)?;
     let opts = request.suggest;
     let source = mapper.source();

@@ -6,7 +6,7 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use weightmap::mapper::{
-    parse_incompatible, CandidateSearch, MapperOptions, Strategy, SuggestOptions,
+    parse_incompatible, CandidateSearch, Constraints, MapperOptions, Strategy, SuggestOptions,
 };
 use weightmap::pipeline::{MapRequest, OrderPolicy};
 use weightmap::score::ScoreWeights;
@@ -16,6 +16,10 @@ use weightmap::{Device, ReadOptions};
 /// A clap value parser for any library type parsed by `FromStr` with a library error.
 pub fn parse<T: FromStr<Err = weightmap::Error>>(text: &str) -> Result<T, String> {
     text.parse().map_err(|e: weightmap::Error| e.to_string())
+}
+
+fn parse_pair_flag(text: &str) -> Result<(String, String), String> {
+    weightmap::mapper::parse_pair(text).map_err(|e| e.to_string())
 }
 
 /// Incompatible components: pairs of (source chunks, target chunks).
@@ -96,6 +100,25 @@ pub struct MappingFlags {
     /// TorchScript export of the model that wrote the checkpoint).
     #[arg(long, value_name = "ORDER_JSON")]
     pub source_order: Option<PathBuf>,
+    /// Map SOURCE to TARGET whatever the scores say (names as written in the files;
+    /// repeatable); the rest is re-solved around the pinned pairs.
+    #[arg(long = "pin", value_name = "SRC=TGT", value_parser = parse_pair_flag)]
+    pub pins: Vec<(String, String)>,
+    /// Never map SOURCE to TARGET (repeatable); the rest is re-solved without that pair.
+    #[arg(long = "forbid", value_name = "SRC=TGT", value_parser = parse_pair_flag)]
+    pub forbids: Vec<(String, String)>,
+    /// Rename rules (`weightmap export --format rules`, or an HF key_mapping JSON) taken as
+    /// pins: each source tensor the first matching rule renames to a target tensor is
+    /// pinned there; --pin wins over a rule.
+    #[arg(long, value_name = "RULES_JSON")]
+    pub rules: Option<PathBuf>,
+    /// Take the source's state dict from this nested key (e.g. state_dict, ema, model);
+    /// without it the most likely one is used and named.
+    #[arg(long, value_name = "KEY")]
+    pub state_dict_key: Option<String>,
+    /// Pairs pinned by the subcommand (`--mapping FILE` of `report` and `explain`).
+    #[arg(skip)]
+    pub mapping_pins: Option<Vec<(String, String)>>,
 }
 
 impl MappingFlags {
@@ -104,7 +127,10 @@ impl MappingFlags {
         let request = MapRequest {
             source: source.to_path_buf(),
             target: target.to_path_buf(),
-            read: ReadOptions::default(),
+            read: ReadOptions {
+                state_dict_key: self.state_dict_key.clone(),
+                ..ReadOptions::default()
+            },
             order: self.order,
             inputs: self.inputs.inputs.clone(),
             target_order: self.target_order.clone(),
@@ -114,12 +140,26 @@ impl MappingFlags {
                 shape_tolerance: self.shape_tolerance,
                 incompatible: self.incompatible.clone().unwrap_or_default(),
                 candidates: self.candidates,
+                constraints: Constraints {
+                    pins: self
+                        .pins
+                        .iter()
+                        .chain(self.mapping_pins.iter().flatten())
+                        .cloned()
+                        .collect(),
+                    forbids: self.forbids.clone(),
+                    exclusive: self.mapping_pins.is_some(),
+                },
                 ..MapperOptions::default()
             },
             suggest: SuggestOptions {
                 threshold: self.threshold,
                 strategy: self.strategy,
                 weights: self.weights.unwrap_or_default(),
+            },
+            rules: match &self.rules {
+                Some(path) => Some(weightmap::rules::Rules::load(path)?),
+                None => None,
             },
         };
         request.validate().map_err(flag_names)?;
@@ -137,8 +177,23 @@ impl MappingFlags {
         for w in &prepared.warnings {
             eprintln!("warning: {w}");
         }
+        if !weightmap::progress::is_quiet() {
+            for n in &prepared.notes {
+                eprintln!("note: {n}");
+            }
+        }
         Ok((request, prepared.mapper))
     }
+}
+
+/// The pairs of a mapping file (`--mapping FILE` of `report` and `explain`), to be pinned
+/// as they are: the review shows the edited mapping, not a re-solved one.
+pub fn pins_of_mapping_file(path: &Path) -> anyhow::Result<Vec<(String, String)>> {
+    Ok(weightmap::mapping::Mapping::load(path)?
+        .entries
+        .into_iter()
+        .map(|e| (e.source, e.target))
+        .collect())
 }
 
 /// The library names options by what they are; on the command line they are flags: say
@@ -153,6 +208,8 @@ pub fn flag_names(e: weightmap::Error) -> anyhow::Error {
                 "threshold" => "--threshold",
                 "weights" => "--weights",
                 "strategy" => "--strategy",
+                "pin" => "--pin",
+                "forbid" => "--forbid",
                 other => {
                     return weightmap::Error::InvalidArgument {
                         what: other.into(),

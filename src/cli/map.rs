@@ -1,7 +1,7 @@
 //! `weightmap map`: works out which source tensor goes to which target tensor, and why.
 
 use super::flags::{color_enabled, MappingFlags};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use weightmap::mapper::MappingResult;
 use weightmap::report::terminal::{map_to_text, MapTextOptions, Rows};
 
@@ -27,6 +27,10 @@ pub struct Args {
         verbatim_doc_comment
     )]
     pub output: Option<PathBuf>,
+    /// Overwrite the -o and --report files if they exist (an edited mapping is not
+    /// replaced silently).
+    #[arg(long)]
+    pub force: bool,
     /// Write the full JSON report (scores, breakdowns, alternatives, unmatched with reasons).
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
@@ -54,6 +58,10 @@ pub struct Args {
 /// Runs `weightmap map`.
 pub fn run(args: Args) -> anyhow::Result<()> {
     weightmap::progress::set_quiet(args.quiet);
+    // Refused before minutes of work, and again when written (it may appear meanwhile).
+    for path in args.output.iter().chain(&args.report) {
+        refuse_existing(path, &args, args.force)?;
+    }
     // Every flag is validated before anything is read.
     let (request, mapper) = args.mapping.prepare(&args.source, &args.target)?;
     let (result, content) = if args.by_content {
@@ -64,7 +72,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
 
     if let Some(path) = &args.output {
-        weightmap::format::json::write_json(path, &result.to_mapping_json())?;
+        write_new(path, &result.to_mapping_json(), &args)?;
     }
     // The full report costs seconds on large models: built only when asked for.
     let mut report = if args.report.is_some() || args.json {
@@ -79,7 +87,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         );
     }
     if let Some(path) = &args.report {
-        weightmap::format::json::write_json(path, &report)?;
+        write_new(path, &report, &args)?;
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -109,6 +117,28 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+fn inputs(args: &Args) -> Vec<&Path> {
+    let mut v = vec![args.source.as_path(), args.target.as_path()];
+    v.extend(args.mapping.rules.as_deref());
+    v
+}
+
+fn refuse_existing(path: &Path, args: &Args, force: bool) -> anyhow::Result<()> {
+    // Creating the output checks everything (an input, a folder, an existing file);
+    // dropped uncommitted, it leaves nothing behind.
+    weightmap::output::OutputFile::create(path, &inputs(args), force)?;
+    Ok(())
+}
+
+fn write_new(path: &Path, value: &serde_json::Value, args: &Args) -> anyhow::Result<()> {
+    Ok(weightmap::format::json::write_json_checked(
+        path,
+        value,
+        &inputs(args),
+        args.force,
+    )?)
 }
 
 fn headline(r: &MappingResult) -> String {

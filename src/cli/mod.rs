@@ -3,6 +3,7 @@
 pub mod apply;
 pub mod diff;
 pub mod explain;
+pub mod export;
 pub mod flags;
 pub mod inspect;
 pub mod map;
@@ -12,6 +13,10 @@ pub mod trace;
 pub mod tree;
 #[cfg(feature = "libtorch")]
 pub mod verify;
+
+/// Exit status of `verify` when the check ran and failed, distinct from "could not run"
+/// (1: I/O, unreadable or corrupt input; 2: bad arguments).
+pub const EXIT_VERIFY_FAILED: i32 = 3;
 
 /// Exit status for an error: 2 for bad arguments, 1 for everything else.
 pub fn exit_code(e: &anyhow::Error) -> i32 {

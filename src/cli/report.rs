@@ -17,6 +17,10 @@ pub struct Args {
     /// Build the page from a JSON report saved by `weightmap map --report FILE`.
     #[arg(long, value_name = "REPORT_JSON")]
     pub from: Option<PathBuf>,
+    /// Review this mapping file (written by `map -o`, perhaps edited) as it is, instead of
+    /// computing one: its pairs are pinned, nothing else is mapped.
+    #[arg(long = "mapping", value_name = "MAPPING_JSON", conflicts_with = "from")]
+    pub mapping_file: Option<PathBuf>,
     /// The HTML file to write (replaced if it exists).
     #[arg(short = 'o', long = "output", value_name = "FILE")]
     pub output: PathBuf,
@@ -26,7 +30,10 @@ pub struct Args {
 }
 
 /// Runs `weightmap report`.
-pub fn run(args: Args) -> anyhow::Result<()> {
+pub fn run(mut args: Args) -> anyhow::Result<()> {
+    if let Some(path) = &args.mapping_file {
+        args.mapping.mapping_pins = Some(super::flags::pins_of_mapping_file(path)?);
+    }
     let (data, inputs): (serde_json::Value, Vec<PathBuf>) =
         match (&args.from, &args.source, &args.target) {
             (Some(from), _, _) => {

@@ -46,7 +46,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             let read = weightmap::ReadOptions::default();
             let source = weightmap::read_model(&args.source, &read)?;
             let target = weightmap::read_model(target, &read)?;
-            let mapping = weightmap::apply::Mapping::load(mapping_path)?;
+            let mapping = weightmap::mapping::Mapping::load(mapping_path)?;
             let pairs = pairs_from_mapping(
                 &source,
                 &target,

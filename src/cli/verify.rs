@@ -3,7 +3,7 @@
 
 use super::flags::{DeviceFlag, InputFlags};
 use std::path::PathBuf;
-use weightmap::apply::Mapping;
+use weightmap::mapping::Mapping;
 use weightmap::verify::{self, VerifyOptions, VerifyReport};
 use weightmap::{read_model, ReadOptions};
 
@@ -46,7 +46,8 @@ pub struct Args {
     pub json: bool,
 }
 
-/// Runs `weightmap verify`; exits with status 1 when the check fails.
+/// Runs `weightmap verify`; exits with [`super::EXIT_VERIFY_FAILED`] when the check ran and
+/// failed (an error that keeps it from running exits 1 or 2, as every command does).
 pub fn run(args: Args) -> anyhow::Result<()> {
     if args.tolerance.is_nan() || args.tolerance < 0.0 {
         return Err(weightmap::Error::invalid(
@@ -80,7 +81,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         print_report(&report);
     }
     if !report.pass {
-        std::process::exit(1);
+        std::process::exit(super::EXIT_VERIFY_FAILED);
     }
     Ok(())
 }
@@ -176,5 +177,14 @@ fn print_report(r: &VerifyReport) {
     for f in &r.failures {
         println!("FAIL: {f}");
     }
-    println!("{}", if r.pass { "PASS" } else { "FAIL" });
+    let verdict = match (r.pass, r.uncovered_parameters.len()) {
+        (false, _) => "FAIL".to_string(),
+        (true, 0) => "PASS".to_string(),
+        // A bare PASS would hide weights still at their random initialisation.
+        (true, 1) => "PASS, 1 parameter left at initialisation (--strict fails on it)".to_string(),
+        (true, n) => {
+            format!("PASS, {n} parameters left at initialisation (--strict fails on them)")
+        }
+    };
+    println!("{verdict}");
 }

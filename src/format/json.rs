@@ -106,7 +106,18 @@ pub fn read_json(path: &Path) -> Result<serde_json::Value> {
 /// Writes `value` as pretty JSON (and a final newline) to `path`, through a temporary file
 /// renamed into place: no partial file on failure. An existing `path` is replaced.
 pub fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
-    let mut out = OutputFile::create(path, &[], true)?;
+    write_json_checked(path, value, &[], true)
+}
+
+/// [`write_json`] that refuses to write over one of `inputs`, and over an existing file
+/// unless `force`.
+pub fn write_json_checked(
+    path: &Path,
+    value: &impl Serialize,
+    inputs: &[&Path],
+    force: bool,
+) -> Result<()> {
+    let mut out = OutputFile::create(path, inputs, force)?;
     let mut writer = std::io::BufWriter::new(out.file());
     serde_json::to_writer_pretty(&mut writer, value).map_err(|e| Error::io(path, e.into()))?;
     writer.write_all(b"\n").map_err(|e| Error::io(path, e))?;

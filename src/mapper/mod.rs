@@ -19,10 +19,13 @@
 //!    confidence (margin to the runner-up) and alternatives; the threshold and strategy
 //!    apply; every tensor left over gets a reason.
 
+mod constraints;
 mod finish;
 mod relations;
 mod side;
 mod structure;
+
+pub use constraints::{parse_pair, Constraints};
 
 use crate::device::Device;
 use crate::error::{Error, Result};
@@ -153,6 +156,8 @@ pub struct MapperOptions {
     /// Where the batched score runs (checked before the engine runs); the mapping is the
     /// same on every device.
     pub device: Device,
+    /// Pairs the user pinned or forbade; the rest is solved around them.
+    pub constraints: Constraints,
 }
 
 impl Default for MapperOptions {
@@ -164,6 +169,7 @@ impl Default for MapperOptions {
             target_order: None,
             candidates: CandidateSearch::Auto,
             device: Device::Cpu,
+            constraints: Constraints::default(),
         }
     }
 }
@@ -283,6 +289,8 @@ pub enum Resolution {
     Similarity,
     /// Scored and assigned (leftovers).
     Score,
+    /// Pinned by the user (`--pin`, `--rules`, an edited mapping), not decided here.
+    Pinned,
 }
 
 /// One source tensor mapped to one target tensor.
@@ -376,6 +384,16 @@ pub enum UnmatchedReason {
     },
     /// A non-persistent buffer: listed by the model but not part of its state dict.
     NotInStateDict,
+    /// A tensor of the same name on the other side has another shape (PyTorch's and HF's
+    /// "size mismatch"), and no other tensor fits.
+    Mismatched {
+        /// The same-name tensor on the other side, as written there.
+        other: String,
+        /// This tensor's shape.
+        shape: Vec<i64>,
+        /// The other tensor's shape.
+        other_shape: Vec<i64>,
+    },
     /// Left out by the conservative strategy.
     LowConfidence {
         /// The pair it would have been.
@@ -416,7 +434,17 @@ impl UnmatchedReason {
             UnmatchedReason::Converted { conversion } => conversion.describe(),
             UnmatchedReason::Tied { to } => format!("tied to {to} (same storage), which is mapped"),
             UnmatchedReason::NotInStateDict => {
-                "non-persistent buffer (not in the state dict)".into()
+                "computed by the model (a non-persistent buffer, not in the state dict)".into()
+            }
+            UnmatchedReason::Mismatched {
+                shape, other_shape, ..
+            } => {
+                let dims = |v: &[i64]| v.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
+                format!(
+                    "MISMATCHED [{}] vs [{}] (same name on the other side, another shape)",
+                    dims(shape),
+                    dims(other_shape)
+                )
             }
             UnmatchedReason::LowConfidence { candidate, why } => {
                 format!("not confident enough for conservative: {candidate} ({why})")
@@ -572,6 +600,7 @@ impl MappingResult {
                 "transposed": self.mappings.iter().filter(|m| m.transform == Some(Transform::Transpose)).count(),
                 "ambiguous": self.mappings.iter().filter(|m| m.ambiguous.is_some()).count(),
                 "conversions": self.conversions.len(),
+                "pinned": self.mappings.iter().filter(|m| m.resolution == Resolution::Pinned).count(),
             },
             "coverage": round4(self.coverage()),
             "mappings": mappings,
@@ -648,6 +677,10 @@ impl Mapper {
         // both networks' names, not a wrapper: put it back so the names stay comparable.
         crate::normalize::restore_prefixes_used_by(&mut source, &target);
         crate::normalize::restore_prefixes_used_by(&mut target, &source);
+        // Names of pins and forbids are checked before any work is done.
+        options
+            .constraints
+            .resolve(&source, &target, options.shape_tolerance > 0.0)?;
         Ok(Mapper {
             source,
             target,

@@ -804,13 +804,7 @@ impl Mapping {
     ) -> Result<Resolved> {
         // Mapping files may use the names as stored (`module.conv1.weight`) or the
         // normalized ones (`conv1.weight`); stored names win when both exist.
-        let mut by_name: HashMap<&str, usize> = HashMap::new();
-        for (i, t) in source.tensors.iter().enumerate() {
-            by_name.entry(t.name.as_str()).or_insert(i);
-        }
-        for (i, t) in source.tensors.iter().enumerate() {
-            by_name.insert(t.original_name.as_str(), i);
-        }
+        let by_name = source.written_index();
         let find = |key: &str| -> Result<usize> {
             by_name.get(key).copied().ok_or_else(|| Error::MissingKey {
                 context: format!("{context}: source {}", source.path),
@@ -818,8 +812,15 @@ impl Mapping {
                 hint: did_you_mean(key, source.tensors.iter().map(|t| t.original_name.as_str())),
             })
         };
-        let target_index: Option<HashMap<&str, &TensorInfo>> =
-            target.map(|t| t.tensors.iter().map(|x| (x.name.as_str(), x)).collect());
+        // The target likewise: `map` writes target names as written in the target file
+        // (`model.embed_tokens.weight` of a `*ForCausalLM`), which a normalized-only index
+        // (`embed_tokens.weight`) would not find.
+        let target_index: Option<HashMap<&str, &TensorInfo>> = target.map(|t| {
+            t.written_index()
+                .into_iter()
+                .map(|(k, i)| (k, &t.tensors[i]))
+                .collect()
+        });
         let mut seen_target: HashMap<String, String> = HashMap::new();
         let mut seen_source: HashMap<usize, &str> = HashMap::new();
         let mut use_source = |i: usize, key: &'_ str| -> Result<()> {
@@ -849,7 +850,10 @@ impl Mapping {
                     return Err(Error::MissingKey {
                         context: format!("{context}: target {}", spec.path),
                         key: name.to_string(),
-                        hint: did_you_mean(name, spec.tensors.iter().map(|t| t.name.as_str())),
+                        hint: did_you_mean(
+                            name,
+                            spec.tensors.iter().map(|t| t.original_name.as_str()),
+                        ),
                     });
                 };
                 if t.shape != shape {

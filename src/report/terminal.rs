@@ -265,6 +265,26 @@ pub fn map_to_text(result: &MappingResult, opts: &MapTextOptions) -> String {
         write_table(&mut out, &order[..shown], &st);
     }
 
+    let pinned: Vec<&Match> = result
+        .mappings
+        .iter()
+        .filter(|m| m.resolution == crate::mapper::Resolution::Pinned)
+        .collect();
+    if !pinned.is_empty() {
+        let _ = writeln!(out);
+        let _ = writeln!(
+            out,
+            "{}",
+            st.bold(&format!(
+                "Pinned by you ({}; the rest was solved around them)",
+                pinned.len()
+            ))
+        );
+        for m in pinned {
+            let _ = writeln!(out, "  {} → {}", m.source_original, m.target);
+        }
+    }
+
     let flagged: Vec<&Match> = result
         .mappings
         .iter()

@@ -115,12 +115,7 @@ pub fn pairs_from_mapping(
     context: &str,
 ) -> crate::Result<Vec<TreePair>> {
     let resolved = mapping.resolve(source, Some(target), context)?;
-    let t_index: HashMap<&str, usize> = target
-        .tensors
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (t.name.as_str(), i))
-        .collect();
+    let t_index = target.written_index();
     let mut pairs: Vec<TreePair> = resolved
         .entries
         .iter()

@@ -16,6 +16,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("spec", 0),
     ("progress", 0),
     ("output", 0),
+    ("rules", 0),
     ("format", 1),
     ("libtorch", 1),
     // The mapping file: the contract between `map` and `apply`, read and written as JSON.
@@ -30,6 +31,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("report", 10),
     ("apply", 11),
     ("verify", 12),
+    ("export", 12),
     ("diff", 13),
 ];
 

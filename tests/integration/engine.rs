@@ -767,3 +767,29 @@ fn relational_names_use_execution_order() {
         Some("layers.0.attention.wq.weight")
     );
 }
+
+#[test]
+fn same_name_other_shape_is_mismatched_in_pytorch_words() {
+    let src = spec(
+        Format::TorchZip,
+        &[("head.weight", &[100, 48]), ("body.weight", &[48, 48])],
+    );
+    let tgt = spec(
+        Format::TorchScript,
+        &[("head.weight", &[10, 48]), ("body.weight", &[48, 48])],
+    );
+    let r = map(src, tgt);
+    let head = r
+        .unmatched_source
+        .iter()
+        .find(|u| u.name == "head.weight")
+        .unwrap();
+    assert!(matches!(head.reason, UnmatchedReason::Mismatched { .. }));
+    assert!(
+        head.reason
+            .describe()
+            .starts_with("MISMATCHED [100,48] vs [10,48]"),
+        "{}",
+        head.reason.describe()
+    );
+}

@@ -6,6 +6,10 @@ mod support;
 
 mod architecture;
 mod engine;
+#[cfg(feature = "libtorch")]
+mod export;
+#[cfg(feature = "libtorch")]
+mod overrides;
 mod read;
 
 #[cfg(feature = "libtorch")]

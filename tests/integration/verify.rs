@@ -304,7 +304,8 @@ fn source_model_comparison_passes_a_right_mapping_and_catches_a_wrong_one() {
     ]);
     assert!(pass, "{report}");
     assert_eq!(report["inputs"], serde_json::json!(["1x3x224x224"]));
-    // The text report names the sections and exits 1 on failure.
+    // The text report names the sections and exits 3 when the check fails (1 and 2 are
+    // "could not run").
     let r = weightmap(&[
         "verify",
         s(&d.join("swapped.safetensors")),
@@ -312,9 +313,12 @@ fn source_model_comparison_passes_a_right_mapping_and_catches_a_wrong_one() {
         "--source-model",
         s(&source),
     ]);
-    assert_eq!(r.status.code(), Some(1));
+    assert_eq!(r.status.code(), Some(3));
     let text = String::from_utf8_lossy(&r.stdout);
     assert!(text.contains("DIFFER") && text.contains("FAIL"), "{text}");
+    // A missing checkpoint could not be verified at all: not the same status.
+    let r = weightmap(&["verify", s(&d.join("no-such-file.safetensors")), s(&target)]);
+    assert_eq!(r.status.code(), Some(1));
 }
 
 #[test]

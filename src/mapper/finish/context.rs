@@ -45,6 +45,9 @@ impl<'a> State<'a> {
     /// The exact score of source tensor `si` against target tensor `ti` in the structure
     /// matched so far (`None` when they are not candidates).
     pub(super) fn pair_score(&self, si: usize, ti: usize) -> Option<ScoreBreakdown> {
+        if self.forbid.contains(&(si, ti)) {
+            return None;
+        }
         let ctx = self.pair_context(si, ti);
         score_pair(
             &self.s.feats[si],
@@ -57,6 +60,9 @@ impl<'a> State<'a> {
 
     /// A bound [`Self::pair_score`]'s total never exceeds, without the string metrics.
     pub(super) fn pair_upper_bound(&self, si: usize, ti: usize) -> Option<f64> {
+        if self.forbid.contains(&(si, ti)) {
+            return None;
+        }
         let ctx = self.pair_context(si, ti);
         score_upper_bound(
             &self.s.feats[si],
@@ -218,6 +224,17 @@ impl<'a> State<'a> {
         }
         out.truncate(MAX_ALTERNATIVES);
         out
+    }
+
+    /// Whether two units hold a tensor pair the user forbade.
+    pub(super) fn units_forbidden(&self, su: usize, tu: usize) -> bool {
+        !self.forbid.is_empty()
+            && self.s.units[su].tensors.iter().any(|&(_, si)| {
+                self.t.units[tu]
+                    .tensors
+                    .iter()
+                    .any(|&(_, ti)| self.forbid.contains(&(si, ti)))
+            })
     }
 
     /// Score of a unit pair: mean over the tensor pairs it makes (None if incompatible).

@@ -61,6 +61,8 @@ pub(crate) struct State<'a> {
     subtree_cache: std::sync::Mutex<HashMap<usize, std::sync::Arc<Vec<usize>>>>,
     search: CandidateSearch,
     device: crate::device::Device,
+    /// (source, target) tensor pairs the user forbade: never scored, so never formed.
+    forbid: HashSet<(usize, usize)>,
     /// The batched score's features of both sides, computed the first time it runs.
     #[cfg(feature = "libtorch")]
     features: std::sync::OnceLock<(Features, Features)>,
@@ -105,6 +107,7 @@ fn doubt(r: Resolution) -> u8 {
         Resolution::Similarity => 5,
         Resolution::Score => 6,
         Resolution::FileOrder => 7,
+        Resolution::Pinned => 0,
     }
 }
 
@@ -121,8 +124,21 @@ pub(crate) fn run<'a>(m: &'a Mapper, opts: &SuggestOptions) -> Result<(MappingRe
     } else {
         opts.threshold
     };
-    let s_active: Vec<bool> = m.source.tensors.iter().map(|t| t.persistent).collect();
-    let t_active: Vec<bool> = m.target.tensors.iter().map(|t| t.persistent).collect();
+    let mut s_active: Vec<bool> = m.source.tensors.iter().map(|t| t.persistent).collect();
+    let mut t_active: Vec<bool> = m.target.tensors.iter().map(|t| t.persistent).collect();
+    // Pinned tensors leave the problem on both sides; the engine solves the rest.
+    let constraints = m
+        .options
+        .constraints
+        .resolve(&m.source, &m.target, allow_reshape)?;
+    for &(si, ti) in &constraints.pins {
+        s_active[si] = false;
+        t_active[ti] = false;
+    }
+    if m.options.constraints.exclusive {
+        s_active.iter_mut().for_each(|a| *a = false);
+        t_active.iter_mut().for_each(|a| *a = false);
+    }
 
     // 1. Stacks among orphans, taken out before structure. The two sides are prepared
     // in parallel; when no stack is found the first preparation is kept as it is.
@@ -165,6 +181,7 @@ pub(crate) fn run<'a>(m: &'a Mapper, opts: &SuggestOptions) -> Result<(MappingRe
         subtree_cache: Default::default(),
         search: m.options.candidates,
         device: m.options.device,
+        forbid: constraints.forbid,
         #[cfg(feature = "libtorch")]
         features: Default::default(),
         shape_index: Default::default(),
@@ -178,7 +195,19 @@ pub(crate) fn run<'a>(m: &'a Mapper, opts: &SuggestOptions) -> Result<(MappingRe
     let mut pairs: Vec<TPair> = vec![];
     let mut missing_s: HashMap<usize, String> = HashMap::new();
     let mut missing_t: HashMap<usize, String> = HashMap::new();
+    // Unit pairs structure formed with a forbidden tensor pair go back to the scored
+    // assignment, where the veto holds.
+    let (reopen_s, reopen_t): (Vec<usize>, Vec<usize>) = state
+        .st
+        .unit_pairs
+        .iter()
+        .filter(|up| state.units_forbidden(up.s, up.t))
+        .map(|up| (up.s, up.t))
+        .unzip();
     for up in &state.st.unit_pairs {
+        if reopen_s.contains(&up.s) {
+            continue;
+        }
         let (a, b) = (&state.s.units[up.s], &state.t.units[up.t]);
         let (detail, resolution) = state.chain_detail(up.s, up.resolution, &up.detail);
         let group = a.tensors.len() > 1 || b.tensors.len() > 1;
@@ -220,6 +249,9 @@ pub(crate) fn run<'a>(m: &'a Mapper, opts: &SuggestOptions) -> Result<(MappingRe
         }
     }
 
+    state.st.left_s.extend(reopen_s);
+    state.st.left_t.extend(reopen_t);
+
     // 4. Leftover units: scored assignment; ties stay open.
     let none = HashSet::new();
     let first = state.assign_leftovers(&pairs, &none, &none)?;
@@ -248,13 +280,31 @@ pub(crate) fn run<'a>(m: &'a Mapper, opts: &SuggestOptions) -> Result<(MappingRe
         }
     }
 
+    pairs.extend(constraints.pins.iter().map(|&(s, t)| TPair {
+        s,
+        t,
+        resolution: Resolution::Pinned,
+        detail: "pinned by the user".into(),
+        group: false,
+    }));
+
     // 5. Transforms, orientation evidence, scores.
     let evidence = state.orientation_evidence(&pairs);
     let scored: Vec<(TPair, Option<Transform>, Option<String>, ScoreBreakdown)> = pairs
         .par_iter()
         .filter_map(|p| {
             let (transform, flag) = state.transform_of(p, &evidence);
-            let b = state.pair_score(p.s, p.t)?;
+            let b = match state.pair_score(p.s, p.t) {
+                Some(b) => b,
+                // A pin across roles (a weight pinned to a bias) is not a candidate the
+                // engine would score, but the user decided it: kept, scored by its shapes
+                // (checked when the pin was read).
+                None if p.resolution == Resolution::Pinned => pinned_breakdown(
+                    &state.s.spec.tensors[p.s].shape,
+                    &state.t.spec.tensors[p.t].shape,
+                ),
+                None => return None,
+            };
             Some((p.clone(), transform, flag, b))
         })
         .collect();
@@ -326,7 +376,9 @@ pub(crate) fn run<'a>(m: &'a Mapper, opts: &SuggestOptions) -> Result<(MappingRe
         .map(|(i, t)| (t.original_name.as_str(), i))
         .collect();
     mappings.retain(|x| {
-        let why: Option<UnmatchedReason> = if x.score < threshold {
+        let why: Option<UnmatchedReason> = if x.resolution == Resolution::Pinned {
+            None
+        } else if x.score < threshold {
             Some(UnmatchedReason::BelowThreshold {
                 candidate: String::new(),
                 score: x.score,
@@ -449,7 +501,17 @@ pub(crate) fn run<'a>(m: &'a Mapper, opts: &SuggestOptions) -> Result<(MappingRe
                         .collect(),
                 }
             } else {
-                state.open_reason(i, is_source, &matched_s, &matched_t)
+                match state.open_reason(i, is_source, &matched_s, &matched_t) {
+                    UnmatchedReason::NoShapeCandidate => match other.find(&tensor.name) {
+                        Some(o) => UnmatchedReason::Mismatched {
+                            other: other.tensors[o].original_name.clone(),
+                            shape: tensor.shape.clone(),
+                            other_shape: other.tensors[o].shape.clone(),
+                        },
+                        None => UnmatchedReason::NoShapeCandidate,
+                    },
+                    reason => reason,
+                }
             };
             out.push(Unmatched {
                 name: tensor.name.clone(),
@@ -483,6 +545,25 @@ pub(crate) fn run<'a>(m: &'a Mapper, opts: &SuggestOptions) -> Result<(MappingRe
         scoring,
     };
     Ok((result, state))
+}
+
+/// The score of a pinned pair the engine does not score: its shape part alone.
+fn pinned_breakdown(source: &[i64], target: &[i64]) -> ScoreBreakdown {
+    let relation =
+        crate::score::shape_relation(source, target, true).unwrap_or(ShapeRelation::Reshape);
+    ScoreBreakdown {
+        total: relation.score(),
+        shape: relation.score(),
+        name: 0.0,
+        hierarchy: 0.0,
+        shape_relation: relation,
+        tokens: 0.0,
+        edit: 0.0,
+        substring: 0.0,
+        depth: 0.0,
+        context: 0.0,
+        order: None,
+    }
 }
 
 /// For each tensor sharing storage with a matched tensor (tied weights, in either

@@ -123,10 +123,10 @@ fn template(source: &str, target: &str) -> (String, String) {
     }
     let mut group_of: Vec<Option<usize>> = vec![None; sc.len()];
     let mut next = 0;
-    for i in 0..sc.len() {
+    for (i, group) in group_of.iter_mut().enumerate() {
         if link.contains(&Some(i)) {
             next += 1;
-            group_of[i] = Some(next);
+            *group = Some(next);
         }
     }
     let mut pattern = String::from("^");

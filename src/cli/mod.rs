@@ -16,6 +16,7 @@ pub mod verify;
 
 /// Exit status of `verify` when the check ran and failed, distinct from "could not run"
 /// (1: I/O, unreadable or corrupt input; 2: bad arguments).
+#[cfg(feature = "libtorch")]
 pub const EXIT_VERIFY_FAILED: i32 = 3;
 
 /// Exit status for an error: 2 for bad arguments, 1 for everything else.

@@ -14,7 +14,7 @@ use crate::error::Result;
 use crate::mapper::{
     Mapper, MappingResult, Match, MatchType, Resolution, SuggestOptions, TensorOrder,
 };
-use crate::score::{ScoreBreakdown, ShapeRelation, SHAPE_EQUAL};
+use crate::score::{ScoreBreakdown, ShapeRelation};
 use crate::spec::ModelSpec;
 use std::collections::HashSet;
 
@@ -95,19 +95,7 @@ fn content_match(s: &crate::TensorInfo, t: &crate::TensorInfo) -> Match {
         score: 1.0,
         // Content decided the pair, not the name or hierarchy scores: only the shape
         // part is known.
-        breakdown: ScoreBreakdown {
-            total: 1.0,
-            shape: SHAPE_EQUAL,
-            name: 0.0,
-            hierarchy: 0.0,
-            shape_relation: ShapeRelation::Equal,
-            tokens: 0.0,
-            edit: 0.0,
-            substring: 0.0,
-            depth: 0.0,
-            context: 0.0,
-            order: None,
-        },
+        breakdown: ScoreBreakdown::shape_only(ShapeRelation::Equal, 1.0),
         transform: None,
         match_type: MatchType::Individual,
         resolution: Resolution::Unique,

@@ -706,6 +706,26 @@ pub struct ScoreBreakdown {
     pub order: Option<f64>,
 }
 
+impl ScoreBreakdown {
+    /// A breakdown where only the shape part is known (a pair decided by something other
+    /// than the scores: a pin, equal content), with the given total.
+    pub fn shape_only(relation: ShapeRelation, total: f64) -> ScoreBreakdown {
+        ScoreBreakdown {
+            total,
+            shape: relation.score(),
+            name: 0.0,
+            hierarchy: 0.0,
+            shape_relation: relation,
+            tokens: 0.0,
+            edit: 0.0,
+            substring: 0.0,
+            depth: 0.0,
+            context: 0.0,
+            order: None,
+        }
+    }
+}
+
 /// Name similarity of two tensors: (score, tokens, edit, substring).
 pub fn name_similarity(a: &TensorFeatures, b: &TensorFeatures) -> (f64, f64, f64, f64) {
     let tokens = token_jaccard(&a.tokens, &b.tokens);

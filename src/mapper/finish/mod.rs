@@ -551,19 +551,7 @@ pub(crate) fn run<'a>(m: &'a Mapper, opts: &SuggestOptions) -> Result<(MappingRe
 fn pinned_breakdown(source: &[i64], target: &[i64]) -> ScoreBreakdown {
     let relation =
         crate::score::shape_relation(source, target, true).unwrap_or(ShapeRelation::Reshape);
-    ScoreBreakdown {
-        total: relation.score(),
-        shape: relation.score(),
-        name: 0.0,
-        hierarchy: 0.0,
-        shape_relation: relation,
-        tokens: 0.0,
-        edit: 0.0,
-        substring: 0.0,
-        depth: 0.0,
-        context: 0.0,
-        order: None,
-    }
+    ScoreBreakdown::shape_only(relation, relation.score())
 }
 
 /// For each tensor sharing storage with a matched tensor (tied weights, in either

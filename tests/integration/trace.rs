@@ -3,11 +3,11 @@
 //! on the fixtures and on every bench target; the static order must agree without control
 //! flow; failures must be one readable line.
 
+use crate::support::weightmap;
 use crate::trace_oracle::{bench, bench_target, canonical_names, fixtures, root, strings};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::Command;
 use weightmap::trace::{self, ExecutionOrder, InputSpec, OrderMode};
 use weightmap::Device;
 
@@ -225,14 +225,6 @@ fn tied_weights_appear_once_with_the_alias_listed() {
     // The LM head's use of the shared weight is the second use: a matmul, not the lookup.
     assert_eq!(listed.op.as_deref(), Some("aten::linear"));
     assert_eq!(order.position(alias), order.position(first));
-}
-
-fn weightmap(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_weightmap"))
-        .args(args)
-        .current_dir(root())
-        .output()
-        .unwrap()
 }
 
 #[test]

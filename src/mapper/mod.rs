@@ -20,6 +20,7 @@
 //!    apply; every tensor left over gets a reason.
 
 mod constraints;
+mod evidence;
 mod finish;
 mod relations;
 mod side;
@@ -281,6 +282,12 @@ pub enum Resolution {
     Relation,
     /// Look-alikes told apart by execution order.
     ExecutionOrder,
+    /// A look-alike of an ordinal family (`a`/`b`/`c`, `conv1`/`conv2`/`conv3`) whose
+    /// matched members map rank for rank onto a family of the other side.
+    OrdinalFamily,
+    /// A look-alike placed next to the counterpart of its matched sibling in the target's
+    /// execution order (the norm beside an output projection).
+    SiblingAnchor,
     /// Look-alikes told apart by indices in their names (`layer.3`, `conv_a`).
     NameIndices,
     /// Look-alikes told apart by file or registration order only (weaker).

@@ -51,6 +51,8 @@ pub(crate) struct Node {
     pub pos_min: Option<f64>,
     /// Smallest execution rank in the subtree.
     pub exec_min: Option<usize>,
+    /// Largest execution rank in the subtree.
+    pub exec_max: Option<usize>,
     /// Smallest and largest structured rank in the subtree.
     pub rank_span: Option<(f64, f64)>,
 }
@@ -149,6 +151,10 @@ pub(crate) fn component_index(c: &str) -> Option<(&str, u64, IndexKind)> {
             (b[b.len() - 1] - b'a') as u64,
             IndexKind::Letter,
         ));
+    }
+    // A letter on its own (`f.a`, `f.b`) or in front (`a_bn`, `b_bn`): a branch's steps.
+    if (b.len() == 1 || (b.len() >= 3 && b[1] == b'_')) && (b'a'..=b'h').contains(&b[0]) {
+        return Some((&c[1..], (b[0] - b'a') as u64, IndexKind::Letter));
     }
     for (g, words) in ORDINAL_WORDS.iter().enumerate() {
         for (k, w) in words.iter().enumerate() {
@@ -299,6 +305,7 @@ impl<'a> SideModel<'a> {
             n_tensors: 0,
             pos_min: None,
             exec_min: None,
+            exec_max: None,
             rank_span: None,
         };
         let mut nodes = vec![empty(String::new(), None)];
@@ -392,6 +399,7 @@ impl<'a> SideModel<'a> {
             let mut n = 0;
             let mut pos_min: Option<f64> = None;
             let mut exec_min: Option<usize> = None;
+            let mut exec_max: Option<usize> = None;
             for &u in &self.nodes[x].units {
                 exact.push(self.units[u].exact);
                 loose.push(self.units[u].loose);
@@ -402,6 +410,7 @@ impl<'a> SideModel<'a> {
                     }
                     if let Some(e) = self.exec[i] {
                         exec_min = Some(exec_min.map_or(e, |m| m.min(e)));
+                        exec_max = Some(exec_max.map_or(e, |m| m.max(e)));
                     }
                 }
             }
@@ -416,6 +425,9 @@ impl<'a> SideModel<'a> {
                 if let Some(e) = cn.exec_min {
                     exec_min = Some(exec_min.map_or(e, |m| m.min(e)));
                 }
+                if let Some(e) = cn.exec_max {
+                    exec_max = Some(exec_max.map_or(e, |m| m.max(e)));
+                }
             }
             exact.sort_unstable();
             loose.sort_unstable();
@@ -427,6 +439,7 @@ impl<'a> SideModel<'a> {
             nd.n_tensors = n;
             nd.pos_min = pos_min;
             nd.exec_min = exec_min;
+            nd.exec_max = exec_max;
         }
     }
 
@@ -636,6 +649,57 @@ impl<'a> SideModel<'a> {
                 .filter_map(|(_, i)| self.exec[*i])
                 .min(),
         }
+    }
+
+    /// First and last execution rank of an item, when an execution order is known.
+    pub fn item_exec_span(&self, item: Item) -> Option<(usize, usize)> {
+        match item {
+            Item::Node(x) => Some((self.nodes[x].exec_min?, self.nodes[x].exec_max?)),
+            Item::Unit(u) => {
+                let ranks = self.units[u]
+                    .tensors
+                    .iter()
+                    .filter_map(|(_, i)| self.exec[*i]);
+                Some((ranks.clone().min()?, ranks.max()?))
+            }
+        }
+    }
+
+    /// The module whose child an item is (as [`Self::children_items`] lists it): a unit's
+    /// module's parent when the module holds only that unit, else the module itself.
+    pub fn item_parent(&self, item: Item) -> Option<usize> {
+        match item {
+            Item::Node(x) => self.nodes[x].parent,
+            Item::Unit(u) => {
+                let n = self.units[u].node;
+                let nd = &self.nodes[n];
+                if n != 0 && nd.children.is_empty() && nd.units.len() == 1 {
+                    nd.parent
+                } else {
+                    Some(n)
+                }
+            }
+        }
+    }
+
+    /// Ranks of items by file or registration order alone (see [`Self::class_order`]).
+    pub fn registration_order(&self, items: &[Item]) -> Option<Vec<usize>> {
+        let mut keys: Vec<(f64, usize)> = Vec::with_capacity(items.len());
+        for (k, &it) in items.iter().enumerate() {
+            let p = match it {
+                Item::Node(x) => self.nodes[x].pos_min,
+                Item::Unit(u) => self.units[u]
+                    .tensors
+                    .iter()
+                    .filter_map(|(_, i)| self.pos[*i])
+                    .reduce(f64::min),
+            }?;
+            keys.push((p, k));
+        }
+        keys.sort_by(|a, b| a.0.total_cmp(&b.0));
+        keys.windows(2)
+            .all(|w| w[0].0 != w[1].0)
+            .then(|| ranks_of(&keys.iter().map(|k| k.1).collect::<Vec<_>>()))
     }
 
     /// Order of a set of items as ranks (position of each item in sorted order) and the
@@ -852,6 +916,12 @@ mod tests {
             None
         );
         assert_eq!(compare_by_names(&c("a.conv1"), &c("a.bn1")), None);
+        // A branch's steps named by letters: alone, or in front of a role.
+        assert_eq!(component_index("c"), Some(("", 2, IndexKind::Letter)));
+        assert_eq!(component_index("b_bn"), Some(("_bn", 1, IndexKind::Letter)));
+        assert_eq!(compare_by_names(&c("f.a"), &c("f.c")), Some(Ordering::Less));
+        assert_eq!(component_index("q"), None);
+        assert_eq!(component_index("x_proj"), None);
     }
 
     #[test]

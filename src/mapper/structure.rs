@@ -15,6 +15,7 @@
 //!
 //! Paired modules become new levels. Units left over go to the scored assignment.
 
+use super::evidence::{by_anchor, by_family, Known};
 use super::relations::{split_of, Found};
 use super::side::{Item, SideModel, Strength};
 use super::Resolution;
@@ -110,6 +111,8 @@ pub(crate) struct Matcher<'a, 'b> {
     out: Structure,
     /// Pairs found so far in the current level (source item → target item).
     level_pairs: HashMap<Item, Item>,
+    /// Pairs found so far in every level (the anchors of sibling evidence).
+    matched: HashMap<Item, Item>,
     /// Classes of the current level that could not be resolved, as (signature, sizes,
     /// loose, min order, pairs known then): not retried until something changes.
     failed: HashSet<ClassKey>,
@@ -185,6 +188,7 @@ impl<'a, 'b> Matcher<'a, 'b> {
             incompat,
             out: Structure::default(),
             level_pairs: HashMap::new(),
+            matched: HashMap::new(),
             failed: HashSet::new(),
         }
     }
@@ -257,6 +261,7 @@ impl<'a, 'b> Matcher<'a, 'b> {
         loop {
             for p in &pairs[recorded..] {
                 self.level_pairs.insert(p.s, p.t);
+                self.matched.insert(p.s, p.t);
             }
             recorded = pairs.len();
             if ps.is_empty() || pt.is_empty() {
@@ -301,6 +306,9 @@ impl<'a, 'b> Matcher<'a, 'b> {
                 pairs.extend(found);
             }
             break;
+        }
+        for p in &pairs[recorded..] {
+            self.matched.insert(p.s, p.t);
         }
         // Whatever is left goes to the scored assignment, as units.
         for (pool, side, left) in [
@@ -351,6 +359,31 @@ impl<'a, 'b> Matcher<'a, 'b> {
         };
         let (keys, gs) = group(self.s, ps);
         let (_, gt) = group(self.t, pt);
+        // Unit signatures inside modules of the pools not yet opened: a unit class is not
+        // "the only one" while a look-alike may still come out of one of them.
+        let hidden = |side: &SideModel, pool: &[Item]| -> HashSet<u64> {
+            pool.iter()
+                .filter_map(|i| match i {
+                    Item::Node(x) => Some(if loose {
+                        &side.nodes[*x].loose
+                    } else {
+                        &side.nodes[*x].exact
+                    }),
+                    Item::Unit(_) => None,
+                })
+                .flatten()
+                .copied()
+                .collect()
+        };
+        let (hidden_s, hidden_t) = (hidden(self.s, ps), hidden(self.t, pt));
+        let unit_sig = |side: &SideModel, it: Item| match it {
+            Item::Unit(u) => Some(if loose {
+                side.units[u].loose
+            } else {
+                side.units[u].exact
+            }),
+            Item::Node(_) => None,
+        };
         let mut out = vec![];
         for k in keys {
             let (Some(a), Some(b)) = (gs.get(&k), gt.get(&k)) else {
@@ -358,6 +391,11 @@ impl<'a, 'b> Matcher<'a, 'b> {
             };
             if a.len() != b.len() && !allow_unequal {
                 continue;
+            }
+            if let Some(sig) = unit_sig(self.s, a[0]) {
+                if hidden_s.contains(&sig) || hidden_t.contains(&sig) {
+                    continue;
+                }
             }
             let key: ClassKey = (
                 k,
@@ -491,6 +529,7 @@ impl<'a, 'b> Matcher<'a, 'b> {
             );
             rs.retain(|x| !used_s.contains(x));
             rt.retain(|x| !used_t.contains(x));
+            self.by_evidence(&mut rs, &mut rt, &mut out);
         }
         if !equal || rs.is_empty() || rs.len() != rt.len() {
             return out;
@@ -513,6 +552,15 @@ impl<'a, 'b> Matcher<'a, 'b> {
         {
             let strength = so.min(sto);
             if strength < min_order {
+                return out;
+            }
+            // File order may break a tie only where it agrees with the order each side
+            // registered its modules in: compared with the other side's execution order,
+            // two libraries' registration habits would decide.
+            if strength == Strength::Weak
+                && (self.s.registration_order(&rs).as_deref() != Some(&ro[..])
+                    || self.t.registration_order(&rt).as_deref() != Some(&rto[..]))
+            {
                 return out;
             }
             let mut by_rank_t = vec![0; rt.len()];
@@ -539,6 +587,44 @@ impl<'a, 'b> Matcher<'a, 'b> {
             }
         }
         out
+    }
+
+    /// Ordinal families and siblings anchored in execution order ([`super::evidence`]),
+    /// applied until they decide nothing more.
+    fn by_evidence(&self, rs: &mut Vec<Item>, rt: &mut Vec<Item>, out: &mut Vec<Pair>) {
+        let mut known = Known {
+            earlier: &self.matched,
+            here: out.iter().map(|p| (p.s, p.t)).collect(),
+        };
+        let allowed = |a: Item, b: Item| self.allowed(a, b);
+        loop {
+            if rs.is_empty() || rt.is_empty() {
+                return;
+            }
+            let mut found = by_family(self.s, self.t, &known, rs, rt, &allowed);
+            let mut resolution = Resolution::OrdinalFamily;
+            if found.is_empty() {
+                found = by_anchor(self.s, self.t, &known, rs, rt, &allowed);
+                resolution = Resolution::SiblingAnchor;
+            }
+            if found.is_empty() {
+                return;
+            }
+            let (mut used_s, mut used_t) = (HashSet::new(), HashSet::new());
+            for (i, j, detail) in found {
+                known.here.insert(rs[i], rt[j]);
+                used_s.insert(rs[i]);
+                used_t.insert(rt[j]);
+                out.push(Pair {
+                    s: rs[i],
+                    t: rt[j],
+                    resolution,
+                    detail,
+                });
+            }
+            rs.retain(|x| !used_s.contains(x));
+            rt.retain(|x| !used_t.contains(x));
+        }
     }
 
     /// Look-alikes whose name places them relative to a module of the level

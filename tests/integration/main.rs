@@ -25,6 +25,8 @@ mod hardening;
 #[cfg(feature = "libtorch")]
 mod html_browser;
 #[cfg(feature = "libtorch")]
+mod lookalikes;
+#[cfg(feature = "libtorch")]
 mod order;
 #[cfg(feature = "libtorch")]
 mod report;

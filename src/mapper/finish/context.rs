@@ -23,6 +23,8 @@ impl<'a> State<'a> {
                 if matches!(
                     r,
                     Resolution::ExecutionOrder
+                        | Resolution::OrdinalFamily
+                        | Resolution::SiblingAnchor
                         | Resolution::NameIndices
                         | Resolution::FileOrder
                         | Resolution::Similarity

@@ -103,6 +103,7 @@ fn doubt(r: Resolution) -> u8 {
         Resolution::Elimination => 2,
         Resolution::Relation => 3,
         Resolution::ExecutionOrder => 3,
+        Resolution::OrdinalFamily | Resolution::SiblingAnchor => 3,
         Resolution::NameIndices => 4,
         Resolution::Similarity => 5,
         Resolution::Score => 6,

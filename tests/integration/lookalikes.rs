@@ -1,0 +1,102 @@
+//! Look-alikes decided by evidence (issue: one renaming across repeated blocks, siblings
+//! anchored in execution order, ordinal families; file order never decides alone).
+//!
+//! Fixtures (scripts/make_lookalike_fixtures.py, `models/lookalikes/<case>/`), one per class:
+//! - `shortcut`: a projection shortcut with the shape of the branch's first conv, registered
+//!   first in the source and last in the target (the source's file order points the wrong
+//!   way; safetensors keys say nothing);
+//! - `moved_block`: stages whose boundary moves by a downsampling step and a block;
+//! - `post_norm`: two same-shape norms per block (`attention.output.LayerNorm` /
+//!   `output.LayerNorm` against `norm1` / `norm2`);
+//! - `pre_norm`: `input_layernorm` / `post_attention_layernorm` against `attn_norm` /
+//!   `ffn_norm`.
+//!
+//! Every case, from `.pth` and `.safetensors`, must map every tensor right: no wrong pair,
+//! nothing left out, and no pair that rests on file order alone.
+
+use crate::support::{repo, s, weightmap};
+use serde_json::{Map, Value};
+use std::path::Path;
+
+const CASES: [&str; 4] = ["shortcut", "moved_block", "post_norm", "pre_norm"];
+
+fn truth(dir: &Path) -> Map<String, Value> {
+    let text = std::fs::read_to_string(dir.join("case.json")).unwrap();
+    let case: Value = serde_json::from_str(&text).unwrap();
+    case["ground_truth"].as_object().unwrap().clone()
+}
+
+fn map_json(args: &[&str]) -> Value {
+    let out = weightmap(args);
+    assert!(
+        out.status.success(),
+        "weightmap {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn look_alikes_map_exactly_from_every_source_format() {
+    for case in CASES {
+        let dir = repo().join("models/lookalikes").join(case);
+        let truth = truth(&dir);
+        for source in ["source.pth", "source.safetensors"] {
+            let report = map_json(&[
+                "map",
+                s(&dir.join(source)),
+                s(&dir.join("target.pt")),
+                "--json",
+            ]);
+            let mut wrong = vec![];
+            let mut right = 0;
+            for m in report["mappings"].as_array().unwrap() {
+                let (src, tgt) = (m["source"].as_str().unwrap(), &m["target"]);
+                if truth.get(src) == Some(tgt) {
+                    right += 1;
+                } else {
+                    wrong.push(format!("{src} -> {tgt} (truth {:?})", truth.get(src)));
+                }
+                assert_ne!(
+                    m["resolution"], "file_order",
+                    "{case} {source}: {src} decided by file order only"
+                );
+            }
+            assert!(wrong.is_empty(), "{case} {source}: wrong pairs {wrong:#?}");
+            assert_eq!(
+                right,
+                truth.len(),
+                "{case} {source}: {} of {} tensors mapped; unmatched: {}",
+                right,
+                truth.len(),
+                report["unmatched_source"]
+            );
+        }
+    }
+}
+
+/// The decisions say which evidence took them: the shortcut case needs ordinal families
+/// (`f.a`/`f.b`/`f.c` against `conv1`/`conv2`/`conv3`) and sibling anchors (each batch norm
+/// beside its conv), with no order from a safetensors source.
+#[test]
+fn decisions_name_their_evidence() {
+    let dir = repo().join("models/lookalikes/shortcut");
+    let report = map_json(&[
+        "map",
+        s(&dir.join("source.safetensors")),
+        s(&dir.join("target.pt")),
+        "--json",
+    ]);
+    let details: Vec<&str> = report["mappings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["resolution_detail"].as_str().unwrap())
+        .collect();
+    for evidence in ["ordinal family", "sibling anchor"] {
+        assert!(
+            details.iter().any(|d| d.contains(evidence)),
+            "no decision by {evidence}: {details:#?}"
+        );
+    }
+}

@@ -49,6 +49,12 @@ pub struct Args {
     /// List every mapping.
     #[arg(long)]
     pub all: bool,
+    /// Exit with status 3 (after printing and writing everything) when the result has
+    /// tensors left unmatched for want of a counterpart (`unmatched`: those in conversions,
+    /// tied or outside the state dict do not count) or pairs that need review (`review`:
+    /// flagged ambiguous, or decided by scores with a thin margin); comma-separated.
+    #[arg(long, value_name = "unmatched,review", value_delimiter = ',')]
+    pub fail_on: Vec<FailOn>,
     /// Pair tensors with equal content first (both models need values: checkpoints,
     /// safetensors or TorchScript), then map the rest as usual.
     #[arg(long)]
@@ -116,7 +122,30 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             }
         }
     }
+    let failed: Vec<String> = args
+        .fail_on
+        .iter()
+        .filter_map(|f| match f {
+            FailOn::Unmatched => (result.unaccounted() > 0)
+                .then(|| format!("{} tensors unmatched", result.unaccounted())),
+            FailOn::Review => (result.needs_review() > 0)
+                .then(|| format!("{} pairs need review", result.needs_review())),
+        })
+        .collect();
+    if !failed.is_empty() {
+        eprintln!("weightmap map: --fail-on: {}", failed.join(", "));
+        std::process::exit(super::EXIT_CHECK_FAILED);
+    }
     Ok(())
+}
+
+/// What `--fail-on` stops on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FailOn {
+    /// Tensors left unmatched for want of a counterpart.
+    Unmatched,
+    /// Pairs that need review.
+    Review,
 }
 
 fn inputs(args: &Args) -> Vec<&Path> {
@@ -143,15 +172,11 @@ fn write_new(path: &Path, value: &serde_json::Value, args: &Args) -> anyhow::Res
 
 fn headline(r: &MappingResult) -> String {
     format!(
-        "{} of {} target tensors mapped ({:.1}% coverage), {} source tensors unmatched, {} flagged",
+        "{} of {} target tensors mapped ({:.1}% coverage), {} source tensors unmatched, {} need review",
         r.mappings.len(),
         r.target.tensors,
         100.0 * r.coverage(),
         r.unmatched_source.len(),
-        r.mappings.iter().filter(|m| m.ambiguous.is_some()).count()
-            + r.conversions
-                .iter()
-                .filter(|c| c.ambiguous.is_some())
-                .count()
+        r.needs_review()
     )
 }

@@ -14,10 +14,9 @@ pub mod tree;
 #[cfg(feature = "libtorch")]
 pub mod verify;
 
-/// Exit status of `verify` when the check ran and failed, distinct from "could not run"
-/// (1: I/O, unreadable or corrupt input; 2: bad arguments).
-#[cfg(feature = "libtorch")]
-pub const EXIT_VERIFY_FAILED: i32 = 3;
+/// Exit status when a check ran and failed (`verify`; `map --fail-on`), distinct from
+/// "could not run" (1: I/O, unreadable or corrupt input; 2: bad arguments).
+pub const EXIT_CHECK_FAILED: i32 = 3;
 
 /// Exit status for an error: 2 for bad arguments, 1 for everything else.
 pub fn exit_code(e: &anyhow::Error) -> i32 {

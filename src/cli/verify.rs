@@ -46,7 +46,7 @@ pub struct Args {
     pub json: bool,
 }
 
-/// Runs `weightmap verify`; exits with [`super::EXIT_VERIFY_FAILED`] when the check ran and
+/// Runs `weightmap verify`; exits with [`super::EXIT_CHECK_FAILED`] when the check ran and
 /// failed (an error that keeps it from running exits 1 or 2, as every command does).
 pub fn run(args: Args) -> anyhow::Result<()> {
     if args.tolerance.is_nan() || args.tolerance < 0.0 {
@@ -81,7 +81,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         print_report(&report);
     }
     if !report.pass {
-        std::process::exit(super::EXIT_VERIFY_FAILED);
+        std::process::exit(super::EXIT_CHECK_FAILED);
     }
     Ok(())
 }

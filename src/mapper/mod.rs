@@ -300,6 +300,27 @@ pub enum Resolution {
     Pinned,
 }
 
+impl Resolution {
+    /// How far a decision of this kind is trusted, in `[0, 1]`, for decisions taken by
+    /// structural evidence; `None` for [`Resolution::Score`], whose confidence is the margin
+    /// of its score over the runner-up. See [`Match::confidence`].
+    pub fn confidence(self) -> Option<f64> {
+        Some(match self {
+            Resolution::Unique | Resolution::Pinned => 1.0,
+            Resolution::Names
+            | Resolution::Relation
+            | Resolution::ExecutionOrder
+            | Resolution::OrdinalFamily
+            | Resolution::SiblingAnchor
+            | Resolution::Elimination => 0.9,
+            Resolution::NameIndices => 0.8,
+            Resolution::Similarity => 0.7,
+            Resolution::FileOrder => 0.3,
+            Resolution::Score => return None,
+        })
+    }
+}
+
 /// One source tensor mapped to one target tensor.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Match {
@@ -325,7 +346,13 @@ pub struct Match {
     pub resolution: Resolution,
     /// Human-readable account of the decision (e.g. which look-alikes order chose among).
     pub resolution_detail: String,
-    /// Margin of the score to the best alternative target.
+    /// How sure the decision is, in `[0, 1]`. For a pair decided by scores (resolution
+    /// `score`): the margin of its score over the best alternative target. For a pair decided
+    /// by structure, the trust in that kind of evidence ([`Resolution::confidence`]): 1 for a
+    /// unique signature or a pin, 0.9 for names, relations, execution order, ordinal
+    /// families, sibling anchors and elimination, 0.8 for indices in names, 0.7 for similar
+    /// content, 0.3 for file order alone (look-alikes that score alike would otherwise all
+    /// show 0).
     pub confidence: f64,
     /// The best other targets and their scores.
     pub alternatives: Vec<Alternative>,
@@ -333,6 +360,33 @@ pub struct Match {
     /// whose orientation the shapes cannot tell), with the evidence.
     pub ambiguous: Option<String>,
 }
+
+impl Match {
+    /// Why the pair needs a person's review, or `None`. One definition for every report
+    /// (terminal, `--quiet`, `--json`, HTML) and for `--fail-on review`: the pair is flagged
+    /// ambiguous (a square weight whose orientation the shapes cannot tell, look-alikes
+    /// decided by file order only), or it was decided by scores and an alternative target
+    /// scored within [`REVIEW_MIN_MARGIN`] of it (or better).
+    pub fn needs_review(&self) -> Option<String> {
+        if let Some(why) = &self.ambiguous {
+            return Some(why.clone());
+        }
+        if self.resolution != Resolution::Score {
+            return None;
+        }
+        let runner_up = self.alternatives.first()?;
+        (runner_up.score > self.score - REVIEW_MIN_MARGIN).then(|| {
+            format!(
+                "decided by scores: {} scored {:.3} against {:.3}",
+                runner_up.target, runner_up.score, self.score
+            )
+        })
+    }
+}
+
+/// Smallest margin to the runner-up that a pair decided by scores needs to go without
+/// review ([`Match::needs_review`]).
+pub const REVIEW_MIN_MARGIN: f64 = CONSERVATIVE_MIN_MARGIN;
 
 /// Another candidate target of a matched source tensor.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -428,7 +482,10 @@ impl UnmatchedReason {
             } => format!("lost to a better candidate: {candidate} went to {taken_by}"),
             UnmatchedReason::Ambiguous { candidates } => {
                 format!(
-                    "ambiguous: look-alikes {} cannot be told apart by names or order",
+                    "ambiguous: look-alikes {} cannot be told apart by names, structure or order; \
+                     an order would settle it: a TorchScript model instead of a checkpoint \
+                     (`weightmap map MODEL.pt ...`), or `--source-order`/`--target-order FILE` \
+                     from `weightmap trace MODEL.pt -o FILE`",
                     candidates.join(", ")
                 )
             }
@@ -553,6 +610,37 @@ impl MappingResult {
         self.to_mapping().to_json()
     }
 
+    /// Pairs and conversions that need a person's review ([`Match::needs_review`], and
+    /// conversions flagged ambiguous).
+    pub fn needs_review(&self) -> usize {
+        self.mappings
+            .iter()
+            .filter(|m| m.needs_review().is_some())
+            .count()
+            + self
+                .conversions
+                .iter()
+                .filter(|c| c.ambiguous.is_some())
+                .count()
+    }
+
+    /// Tensors left unmatched for want of a counterpart, on either side: those taking part
+    /// in a conversion, tied to a mapped tensor or outside the state dict are accounted for.
+    pub fn unaccounted(&self) -> usize {
+        self.unmatched_source
+            .iter()
+            .chain(&self.unmatched_target)
+            .filter(|u| {
+                !matches!(
+                    u.reason,
+                    UnmatchedReason::Converted { .. }
+                        | UnmatchedReason::Tied { .. }
+                        | UnmatchedReason::NotInStateDict
+                )
+            })
+            .count()
+    }
+
     /// Share of target tensors that received a source tensor.
     pub fn coverage(&self) -> f64 {
         if self.target.tensors == 0 {
@@ -582,6 +670,7 @@ impl MappingResult {
                     "resolution_detail": m.resolution_detail,
                     "confidence": round4(m.confidence),
                     "ambiguous": m.ambiguous,
+                    "needs_review": m.needs_review(),
                     "breakdown": m.breakdown,
                     "alternatives": m.alternatives,
                 })
@@ -606,6 +695,8 @@ impl MappingResult {
                 "unmatched_target": self.unmatched_target.len(),
                 "transposed": self.mappings.iter().filter(|m| m.transform == Some(Transform::Transpose)).count(),
                 "ambiguous": self.mappings.iter().filter(|m| m.ambiguous.is_some()).count(),
+                "needs_review": self.needs_review(),
+                "unaccounted": self.unaccounted(),
                 "conversions": self.conversions.len(),
                 "pinned": self.mappings.iter().filter(|m| m.resolution == Resolution::Pinned).count(),
             },

@@ -554,12 +554,16 @@ impl<'a, 'b> Matcher<'a, 'b> {
             if strength < min_order {
                 return out;
             }
-            // File order may break a tie only where it agrees with the order each side
-            // registered its modules in: compared with the other side's execution order,
-            // two libraries' registration habits would decide.
-            if strength == Strength::Weak
-                && (self.s.registration_order(&rs).as_deref() != Some(&ro[..])
-                    || self.t.registration_order(&rt).as_deref() != Some(&rto[..]))
+            // File order may break a tie only where it agrees with the other side's
+            // registration order: against an execution order that registration order does
+            // not follow, two libraries' registration habits would decide.
+            let disagrees = |side: &SideModel, items: &[Item], ranks: &[usize]| {
+                side.registration_order(items).as_deref() != Some(ranks)
+            };
+            if (so == Strength::Weak && sto == Strength::Execution && disagrees(self.t, &rt, &rto))
+                || (sto == Strength::Weak
+                    && so == Strength::Execution
+                    && disagrees(self.s, &rs, &ro))
             {
                 return out;
             }

@@ -1,6 +1,6 @@
 //! The HTML report: one self-contained page (no network, no external assets) with both
 //! module trees side by side, matches drawn between them colored by score, collapsible
-//! subtrees, a search box, filters (unmatched, low confidence, transformed, ambiguous)
+//! subtrees, a search box, filters (unmatched, needs review, transformed, ambiguous)
 //! and the score breakdown of a match on click.
 //!
 //! The page embeds its data as JSON in a `<script type="application/json">` element,
@@ -15,8 +15,7 @@
 use crate::error::{Error, Result};
 use crate::mapper::{
     Alternative, Conversion, MappingResult, Match, MatchType, ModelSummary, Resolution,
-    ScoringSummary, Strategy, Transform, Unmatched, UnmatchedReason, CONSERVATIVE_MIN_MARGIN,
-    CONSERVATIVE_MIN_SCORE,
+    ScoringSummary, Strategy, Transform, Unmatched, UnmatchedReason,
 };
 use crate::output::OutputFile;
 use crate::report::terminal::{transform_name, SCORE_FAIR, SCORE_GOOD};
@@ -226,12 +225,10 @@ fn side_tensors(
     (values, index)
 }
 
-/// Whether a match is one the conservative strategy would not trust: a low score, look-
-/// alikes told apart by file order only, or a scored pair with a thin margin.
+/// Whether a match needs review: the one definition of [`Match::needs_review`], so the
+/// page's filter counts what the terminal and `--json` count.
 pub fn is_low_confidence(m: &Match) -> bool {
-    m.score < CONSERVATIVE_MIN_SCORE
-        || m.resolution == Resolution::FileOrder
-        || (m.resolution == Resolution::Score && m.confidence < CONSERVATIVE_MIN_MARGIN)
+    m.needs_review().is_some()
 }
 
 fn round4(x: f64) -> f64 {

@@ -285,28 +285,21 @@ pub fn map_to_text(result: &MappingResult, opts: &MapTextOptions) -> String {
         }
     }
 
-    let flagged: Vec<&Match> = result
+    let flagged: Vec<(&Match, String)> = result
         .mappings
         .iter()
-        .filter(|m| m.ambiguous.is_some())
+        .filter_map(|m| m.needs_review().map(|why| (m, why)))
         .collect();
     if !flagged.is_empty() {
         let _ = writeln!(out);
         let _ = writeln!(
             out,
             "{}",
-            st.bold(&format!(
-                "Needs review: ambiguous mappings ({})",
-                flagged.len()
-            ))
+            st.bold(&format!("Needs review ({})", flagged.len()))
         );
-        for m in flagged {
+        for (m, why) in flagged {
             let _ = writeln!(out, "  {} → {}", m.source_original, m.target);
-            let _ = writeln!(
-                out,
-                "    {}",
-                st.yellow(m.ambiguous.as_deref().unwrap_or(""))
-            );
+            let _ = writeln!(out, "    {}", st.yellow(&why));
         }
     }
 
@@ -406,12 +399,12 @@ fn write_summary(out: &mut String, r: &MappingResult, st: &Style) {
         .count();
     let _ = writeln!(
         out,
-        "{}{} exact, {} transpose, {} reshape, {} ambiguous; {} in groups, {} individual",
+        "{}{} exact, {} transpose, {} reshape; {} need review; {} in groups, {} individual",
         label("marks"),
         count("exact"),
         count("transpose"),
         count("reshape"),
-        count("ambiguous"),
+        r.needs_review(),
         groups,
         r.mappings.len() - groups
     );

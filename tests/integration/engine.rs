@@ -625,12 +625,17 @@ fn outputs_and_explain() {
     }
     // `null` when the tensor is copied as is, as in the mapping file.
     assert!(first.as_object().unwrap().contains_key("transform"));
-    // Alternatives are sorted and never the chosen target; confidence is the margin.
+    // Alternatives are sorted and never the chosen target; confidence is the margin for a
+    // pair decided by scores, the trust in its evidence for one decided by structure.
     for m in &r.mappings {
         assert!(m.alternatives.iter().all(|a| a.target != m.target));
         assert!(m.alternatives.windows(2).all(|w| w[0].score >= w[1].score));
-        if let Some(a) = m.alternatives.first() {
-            assert!((m.confidence - (m.score - a.score).max(0.0)).abs() < 1e-9);
+        match (m.resolution.confidence(), m.alternatives.first()) {
+            (Some(c), _) => assert_eq!(m.confidence, c, "{m:?}"),
+            (None, Some(a)) => {
+                assert!((m.confidence - (m.score - a.score).clamp(0.0, 1.0)).abs() < 1e-9)
+            }
+            (None, None) => assert!((m.confidence - m.score.clamp(0.0, 1.0)).abs() < 1e-9),
         }
     }
     let e = mapper.explain("layer2.1.conv1.weight", &opts).unwrap();

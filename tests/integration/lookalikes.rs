@@ -100,3 +100,92 @@ fn decisions_name_their_evidence() {
         );
     }
 }
+
+/// One meaning of "needs review": the `--quiet` line, the terminal list, `--json`'s count
+/// and its per-pair field agree, and `--fail-on review` stops on it with status 3 (after
+/// printing); `--fail-on unmatched` stops on look-alikes left unmatched.
+#[test]
+fn needs_review_is_one_count_and_fail_on_stops_on_it() {
+    // Registration order only on the target: every look-alike pair rests on it.
+    let source = "models/order_source.pth";
+    let target = "models/order_target.pt";
+    let flags = ["--order", "registration"];
+    let json = map_json(&[&["map", source, target, "--json"][..], &flags].concat());
+    let flagged = json["mappings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| !m["needs_review"].is_null())
+        .count();
+    assert!(flagged > 0, "{json}");
+    assert_eq!(json["counts"]["needs_review"], flagged);
+
+    let quiet = weightmap(&[&["map", source, target, "--quiet"][..], &flags].concat());
+    let line = String::from_utf8_lossy(&quiet.stdout);
+    assert!(line.contains(&format!("{flagged} need review")), "{line}");
+
+    let text = weightmap(&[&["map", source, target, "--all"][..], &flags].concat());
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains(&format!("Needs review ({flagged})")),
+        "{text}"
+    );
+    assert!(text.contains("decided by file order only"), "{text}");
+
+    let fail = weightmap(&[&["map", source, target, "--fail-on", "review"][..], &flags].concat());
+    assert_eq!(fail.status.code(), Some(3));
+    assert!(
+        !fail.stdout.is_empty(),
+        "the result is printed before failing"
+    );
+    let err = String::from_utf8_lossy(&fail.stderr);
+    assert!(
+        err.contains(&format!("{flagged} pairs need review")),
+        "{err}"
+    );
+    let pass = weightmap(
+        &[
+            &["map", source, target, "--fail-on", "unmatched"][..],
+            &flags,
+        ]
+        .concat(),
+    );
+    assert_eq!(pass.status.code(), Some(0), "{pass:?}");
+
+    // No order at all: the look-alikes stay unmatched, and say what would settle them.
+    let none = ["--order", "none"];
+    let json = map_json(
+        &[
+            &["map", "models/order_source.safetensors", target, "--json"][..],
+            &none,
+        ]
+        .concat(),
+    );
+    let reasons: Vec<&str> = json["unmatched_source"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["message"].as_str().unwrap())
+        .collect();
+    assert!(!reasons.is_empty());
+    assert!(
+        reasons.iter().all(|r| r.contains("weightmap trace")),
+        "{reasons:?}"
+    );
+    let fail = weightmap(
+        &[
+            &[
+                "map",
+                "models/order_source.safetensors",
+                target,
+                "--quiet",
+                "--fail-on",
+                "unmatched,review",
+            ][..],
+            &none,
+        ]
+        .concat(),
+    );
+    assert_eq!(fail.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&fail.stderr).contains("tensors unmatched"));
+}

@@ -17,8 +17,7 @@ use super::structure::{Incompat, Matcher, Structure};
 use super::{
     Alternative, Candidate, CandidateSearch, Explanation, Mapper, MappingResult, Match, MatchType,
     ModelSummary, Resolution, ScoringSummary, Strategy, SuggestOptions, Transform, Unmatched,
-    UnmatchedReason, CONSERVATIVE_MIN_MARGIN, CONSERVATIVE_MIN_SCORE, MAX_ALTERNATIVES,
-    MAX_EXACT_CANDIDATES,
+    UnmatchedReason, CONSERVATIVE_MIN_SCORE, MAX_ALTERNATIVES, MAX_EXACT_CANDIDATES,
 };
 use crate::assign::{assign, Edge};
 use crate::error::Result;
@@ -319,10 +318,10 @@ pub(crate) fn run<'a>(m: &'a Mapper, opts: &SuggestOptions) -> Result<(MappingRe
             progress.inc(1);
             let alts = state.alternatives(p.s, p.t);
             let best_alt = alts.first().map(|a| a.1.total);
-            let confidence = match best_alt {
-                Some(x) => (b.total - x).max(0.0),
-                None => b.total,
-            };
+            let confidence = p.resolution.confidence().unwrap_or(match best_alt {
+                Some(x) => (b.total - x).clamp(0.0, 1.0),
+                None => b.total.clamp(0.0, 1.0),
+            });
             let sf = &m.source.tensors[p.s];
             let tf = &m.target.tensors[p.t];
             Match {
@@ -352,7 +351,7 @@ pub(crate) fn run<'a>(m: &'a Mapper, opts: &SuggestOptions) -> Result<(MappingRe
                     .collect(),
                 ambiguous: flag.clone().or_else(|| {
                     (p.resolution == Resolution::FileOrder)
-                        .then(|| "look-alikes told apart by file/registration order only, which is usually but not always execution order".to_string())
+                        .then(|| "decided by file order only: look-alikes told apart by the checkpoint's key order (registration order, usually but not always execution order); a TorchScript export of the source (`weightmap map SOURCE.pt ...`) or `--source-order FILE` would settle it".to_string())
                 }),
             }
         })
@@ -386,15 +385,8 @@ pub(crate) fn run<'a>(m: &'a Mapper, opts: &SuggestOptions) -> Result<(MappingRe
                 threshold,
             })
         } else if opts.strategy == Strategy::Conservative {
-            let low = if x.ambiguous.is_some() {
-                Some("flagged ambiguous".to_string())
-            } else if x.resolution == Resolution::FileOrder {
-                Some("look-alikes told apart by file order only".to_string())
-            } else if x.resolution == Resolution::Score && x.confidence < CONSERVATIVE_MIN_MARGIN {
-                Some(format!("margin {:.3} to the runner-up", x.confidence))
-            } else {
-                None
-            };
+            // The same definition as every report's "needs review".
+            let low = x.needs_review();
             low.map(|why| UnmatchedReason::LowConfidence {
                 candidate: String::new(),
                 why,

@@ -16,7 +16,7 @@
   const INDENT = 16;
   const FILTERS = [
     ['unmatched', 'Unmatched', (t) => !t.m],
-    ['low', 'Low confidence', (t) => t.m && t.m.lo],
+    ['low', 'Needs review', (t) => t.m && t.m.lo],
     ['transformed', 'Transformed', (t) => t.m && t.m.tr !== 'exact'],
     ['ambiguous', 'Ambiguous', (t) => t.m && !!t.m.am],
   ];
@@ -177,7 +177,7 @@
       row.appendChild(el('span', 'pill ' + band(m.sc), m.sc.toFixed(2)));
       if (m.tr !== 'exact') row.appendChild(el('span', 'tag ' + m.tr, m.tr));
       if (m.am) row.appendChild(el('span', 'tag ambiguous', 'ambiguous'));
-      if (m.lo) row.appendChild(el('span', 'tag low', 'low confidence'));
+      if (m.lo) row.appendChild(el('span', 'tag low', 'needs review'));
       row.title = t.name + '  →  ' + (side.key === 's' ? m.t.name : m.s.name);
     } else {
       row.appendChild(el('span', 'tag unmatched', 'unmatched'));
@@ -399,7 +399,7 @@
         (m.dt ? ': ' + m.dt : '')));
       box.appendChild(meta);
       if (m.am) box.appendChild(el('div', 'warn', 'Ambiguous: ' + m.am));
-      if (m.lo) box.appendChild(el('div', 'muted', 'Low confidence: the conservative strategy would not take this pair.'));
+      if (m.lo) box.appendChild(el('div', 'muted', 'Needs review: flagged ambiguous, or decided by scores with a thin margin (the conservative strategy would not take it).'));
       const cols = el('div', 'cols');
       cols.appendChild(breakdownTable(m));
       const alts = el('div');

@@ -24,6 +24,10 @@ compute the same function.
   (`stages.0.layers.2` / `stages.0.layers.3`). Same blocks, same execution order.
 - post_norm: BERT-style encoder layers (`attention.output.LayerNorm`, `output.LayerNorm`)
   against blocks with `norm1` / `norm2` run after the attention and the MLP.
+- repeated_rule: repeated layers (`layers.N.inp` / `layers.N.out`) against blocks
+  (`blocks.N.alpha` / `blocks.N.beta`, registered beta first, run alpha first). Only the
+  first layer's shapes tell its two linears apart; the other layers follow the same
+  renaming.
 - pre_norm: pre-norm decoder layers (`input_layernorm`, `post_attention_layernorm`,
   `self_attn.*_proj`, `mlp.*_proj`) against `attn_norm` / `ffn_norm`, `attn.w*`, `ffn.w*`.
 """
@@ -415,6 +419,53 @@ def pre_norm_reference(src: PreNormSource, x):
     return src.norm(x)
 
 
+# ---------------------------------------------------------------- repeated_rule
+RULE_IN, RULE_WIDTH, RULE_LAYERS = 4, 8, 4
+
+
+class RuleLayer(nn.Module):
+    def __init__(self, d_in):
+        super().__init__()
+        self.inp = nn.Linear(d_in, RULE_WIDTH)
+        self.out = nn.Linear(RULE_WIDTH, RULE_WIDTH)
+
+    def forward(self, x):
+        return self.out(torch.tanh(self.inp(x)))
+
+
+class RuleSource(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layers = nn.ModuleList(
+            [RuleLayer(RULE_IN if i == 0 else RULE_WIDTH) for i in range(RULE_LAYERS)]
+        )
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+class RuleBlock(nn.Module):
+    def __init__(self, src: RuleLayer):
+        super().__init__()
+        # Registered in the other order than they run; names share nothing with the source's.
+        self.beta = src.out
+        self.alpha = src.inp
+
+    def forward(self, x):
+        return self.beta(torch.tanh(self.alpha(x)))
+
+
+class RuleTarget(nn.Module):
+    def __init__(self, src: RuleSource):
+        super().__init__()
+        self.blocks = nn.Sequential(*[RuleBlock(layer) for layer in src.layers])
+
+    def forward(self, x):
+        return self.blocks(x)
+
+
 # ---------------------------------------------------------------- writing
 def truth_of(source: nn.Module, target: nn.Module):
     """{source name: target name} by tensor identity (the target holds the source's tensors)."""
@@ -469,6 +520,9 @@ def main():
         torch.randn(2, 4, 8),
         lambda x: post_norm_reference(src, x),
     )
+
+    src = RuleSource()
+    write_case("repeated_rule", src, RuleTarget(src), torch.randn(2, RULE_IN), src)
 
     src = PreNormSource()
     write_case(

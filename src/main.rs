@@ -25,7 +25,7 @@ enum Command {
     /// The table: SCORE (shape, name and hierarchy similarity, 0..1), CONF (confidence,
     /// 0..1: for a pair decided by scores, the margin over the best alternative; for one
     /// decided by structure, the trust in that evidence: 1 unique or pinned, 0.9 names,
-    /// relations, execution order, ordinal families, sibling anchors, elimination, 0.8
+    /// relations, execution order, block rules, ordinal families, sibling anchors, elimination, 0.8
     /// indices in names, 0.7 similar content, 0.3 file order), MARK (exact, transpose,
     /// reshape, ambiguous), TYPE (group: with its module; individual). A pair needs review
     /// when flagged ambiguous or decided by scores within 0.05 of an alternative.

@@ -23,10 +23,12 @@ mod constraints;
 mod evidence;
 mod finish;
 mod relations;
+mod renaming;
 mod side;
 mod structure;
 
 pub use constraints::{parse_pair, Constraints};
+pub use renaming::BlockRule;
 
 use crate::device::Device;
 use crate::error::{Error, Result};
@@ -282,6 +284,9 @@ pub enum Resolution {
     Relation,
     /// Look-alikes told apart by execution order.
     ExecutionOrder,
+    /// A look-alike decided by the renaming the other repeated blocks follow
+    /// (`layers.#`: `inp` → `alpha`).
+    BlockRule,
     /// A look-alike of an ordinal family (`a`/`b`/`c`, `conv1`/`conv2`/`conv3`) whose
     /// matched members map rank for rank onto a family of the other side.
     OrdinalFamily,
@@ -310,6 +315,7 @@ impl Resolution {
             Resolution::Names
             | Resolution::Relation
             | Resolution::ExecutionOrder
+            | Resolution::BlockRule
             | Resolution::OrdinalFamily
             | Resolution::SiblingAnchor
             | Resolution::Elimination => 0.9,
@@ -349,7 +355,7 @@ pub struct Match {
     /// How sure the decision is, in `[0, 1]`. For a pair decided by scores (resolution
     /// `score`): the margin of its score over the best alternative target. For a pair decided
     /// by structure, the trust in that kind of evidence ([`Resolution::confidence`]): 1 for a
-    /// unique signature or a pin, 0.9 for names, relations, execution order, ordinal
+    /// unique signature or a pin, 0.9 for names, relations, execution order, block rules, ordinal
     /// families, sibling anchors and elimination, 0.8 for indices in names, 0.7 for similar
     /// content, 0.3 for file order alone (look-alikes that score alike would otherwise all
     /// show 0).
@@ -570,6 +576,10 @@ pub struct MappingResult {
     /// How the scored stage ran.
     #[serde(default)]
     pub scoring: ScoringSummary,
+    /// The relative renamings repeated blocks follow (seen in two blocks or more): the
+    /// evidence behind `block_rule` decisions, and what an export of rules builds on.
+    #[serde(default)]
+    pub block_rules: Vec<BlockRule>,
 }
 
 impl MappingResult {
@@ -706,6 +716,7 @@ impl MappingResult {
             "unmatched_target": unmatched(&self.unmatched_target),
             "conversions": self.conversions,
             "scoring": self.scoring,
+            "block_rules": self.block_rules,
         })
     }
 }

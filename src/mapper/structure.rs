@@ -17,6 +17,7 @@
 
 use super::evidence::{by_anchor, by_family, Known};
 use super::relations::{split_of, Found};
+use super::renaming::{relative, BlockKey, RuleBook};
 use super::side::{Item, SideModel, Strength};
 use super::Resolution;
 use crate::assign::{assign, Edge};
@@ -87,6 +88,20 @@ pub(crate) struct Structure {
     pub left_t: Vec<usize>,
     /// Splits and concatenations found inside levels.
     pub relations: Vec<Found>,
+    /// The renamings repeated blocks followed ([`super::renaming`]).
+    pub book: RuleBook,
+    /// Items left undecided, or decided by file order only, with their level's block key
+    /// and path inside it: a second pass with the complete book may settle them.
+    pub missed: Vec<(BlockKey, String)>,
+}
+
+impl Structure {
+    /// Whether the rules found by the end of this pass would decide something it missed.
+    pub fn rules_would_help(&self) -> bool {
+        self.missed
+            .iter()
+            .any(|(key, path)| self.book.lookup(key, path).is_some())
+    }
 }
 
 struct Pair {
@@ -101,6 +116,8 @@ struct Level {
     t_items: Vec<Item>,
     s_root: String,
     t_root: String,
+    /// Both roots are modules (not a module against a unit).
+    modules: bool,
 }
 
 pub(crate) struct Matcher<'a, 'b> {
@@ -113,6 +130,8 @@ pub(crate) struct Matcher<'a, 'b> {
     level_pairs: HashMap<Item, Item>,
     /// Pairs found so far in every level (the anchors of sibling evidence).
     matched: HashMap<Item, Item>,
+    /// The renamings of a previous pass, complete (see [`Structure::rules_would_help`]).
+    prior: Option<&'a RuleBook>,
     /// Classes of the current level that could not be resolved, as (signature, sizes,
     /// loose, min order, pairs known then): not retried until something changes.
     failed: HashSet<ClassKey>,
@@ -180,8 +199,10 @@ impl<'a, 'b> Matcher<'a, 'b> {
         t: &'a SideModel<'b>,
         use_names: bool,
         incompat: &'a Incompat,
+        prior: Option<&'a RuleBook>,
     ) -> Self {
         Matcher {
+            prior,
             s,
             t,
             use_names,
@@ -201,6 +222,7 @@ impl<'a, 'b> Matcher<'a, 'b> {
             t_items: self.t.children_items(0),
             s_root: String::new(),
             t_root: String::new(),
+            modules: true,
         }];
         // Levels matched so far (the total is not known in advance).
         let progress = crate::progress::Progress::spinner("matching");
@@ -223,6 +245,7 @@ impl<'a, 'b> Matcher<'a, 'b> {
                             t_items: self.t.children_items(b),
                             s_root: self.s.nodes[a].path.clone(),
                             t_root: self.t.nodes[b].path.clone(),
+                            modules: true,
                         });
                     }
                     (Item::Node(a), Item::Unit(b)) => work.push(Level {
@@ -230,12 +253,14 @@ impl<'a, 'b> Matcher<'a, 'b> {
                         t_items: vec![Item::Unit(b)],
                         s_root: self.s.nodes[a].path.clone(),
                         t_root: self.t.units[b].label.clone(),
+                        modules: false,
                     }),
                     (Item::Unit(a), Item::Node(b)) => work.push(Level {
                         s_items: vec![Item::Unit(a)],
                         t_items: self.t.children_items(b),
                         s_root: self.s.units[a].label.clone(),
                         t_root: self.t.nodes[b].path.clone(),
+                        modules: false,
                     }),
                 }
             }
@@ -250,6 +275,7 @@ impl<'a, 'b> Matcher<'a, 'b> {
             t_items: mut pt,
             s_root,
             t_root,
+            modules,
         } = level;
         let roots = (s_root.as_str(), t_root.as_str());
         let mut pairs: Vec<Pair> = vec![];
@@ -309,6 +335,24 @@ impl<'a, 'b> Matcher<'a, 'b> {
         }
         for p in &pairs[recorded..] {
             self.matched.insert(p.s, p.t);
+        }
+        if modules {
+            let key = RuleBook::key(&s_root, &t_root);
+            for p in &pairs {
+                let (rs, rt) = (
+                    relative(self.s.item_path(p.s), &s_root),
+                    relative(self.t.item_path(p.t), &t_root),
+                );
+                match p.resolution {
+                    Resolution::FileOrder => self.out.missed.push((key.clone(), rs.to_string())),
+                    Resolution::Similarity | Resolution::Score | Resolution::Pinned => {}
+                    _ => self.out.book.record(&key, rs, rt),
+                }
+            }
+            for &it in &ps {
+                let rs = relative(self.s.item_path(it), &s_root);
+                self.out.missed.push((key.clone(), rs.to_string()));
+            }
         }
         // Whatever is left goes to the scored assignment, as units.
         for (pool, side, left) in [
@@ -529,7 +573,7 @@ impl<'a, 'b> Matcher<'a, 'b> {
             );
             rs.retain(|x| !used_s.contains(x));
             rt.retain(|x| !used_t.contains(x));
-            self.by_evidence(&mut rs, &mut rt, &mut out);
+            self.by_evidence(&mut rs, &mut rt, &mut out, roots);
         }
         if !equal || rs.is_empty() || rs.len() != rt.len() {
             return out;
@@ -571,6 +615,16 @@ impl<'a, 'b> Matcher<'a, 'b> {
             for (j, &r) in rto.iter().enumerate() {
                 by_rank_t[r] = j;
             }
+            // File order never overrides the renaming other blocks follow.
+            if strength == Strength::Weak
+                && ro.iter().enumerate().any(|(i, &r)| {
+                    self.rule_for(rs[i], roots).is_some_and(|(t, _)| {
+                        t != relative(self.t.item_path(rt[by_rank_t[r]]), roots.1)
+                    })
+                })
+            {
+                return out;
+            }
             for (i, &r) in ro.iter().enumerate() {
                 let j = by_rank_t[r];
                 if self.allowed(rs[i], rt[j]) {
@@ -595,7 +649,13 @@ impl<'a, 'b> Matcher<'a, 'b> {
 
     /// Ordinal families and siblings anchored in execution order ([`super::evidence`]),
     /// applied until they decide nothing more.
-    fn by_evidence(&self, rs: &mut Vec<Item>, rt: &mut Vec<Item>, out: &mut Vec<Pair>) {
+    fn by_evidence(
+        &self,
+        rs: &mut Vec<Item>,
+        rt: &mut Vec<Item>,
+        out: &mut Vec<Pair>,
+        roots: (&str, &str),
+    ) {
         let mut known = Known {
             earlier: &self.matched,
             here: out.iter().map(|p| (p.s, p.t)).collect(),
@@ -605,8 +665,12 @@ impl<'a, 'b> Matcher<'a, 'b> {
             if rs.is_empty() || rt.is_empty() {
                 return;
             }
-            let mut found = by_family(self.s, self.t, &known, rs, rt, &allowed);
-            let mut resolution = Resolution::OrdinalFamily;
+            let mut found = self.by_rule(rs, rt, roots);
+            let mut resolution = Resolution::BlockRule;
+            if found.is_empty() {
+                found = by_family(self.s, self.t, &known, rs, rt, &allowed);
+                resolution = Resolution::OrdinalFamily;
+            }
             if found.is_empty() {
                 found = by_anchor(self.s, self.t, &known, rs, rt, &allowed);
                 resolution = Resolution::SiblingAnchor;
@@ -629,6 +693,51 @@ impl<'a, 'b> Matcher<'a, 'b> {
             rs.retain(|x| !used_s.contains(x));
             rt.retain(|x| !used_t.contains(x));
         }
+    }
+
+    /// The renaming other blocks like this level's follow for `x`: (target path inside
+    /// the level's target root, support).
+    fn rule_for(&self, x: Item, roots: (&str, &str)) -> Option<(&str, usize)> {
+        let key = RuleBook::key(roots.0, roots.1);
+        let path = relative(self.s.item_path(x), roots.0);
+        self.prior
+            .and_then(|b| b.lookup(&key, path))
+            .or_else(|| self.out.book.lookup(&key, path))
+    }
+
+    /// Look-alikes placed by the renaming other blocks follow.
+    fn by_rule(
+        &self,
+        rs: &[Item],
+        rt: &[Item],
+        roots: (&str, &str),
+    ) -> Vec<(usize, usize, String)> {
+        let found: Vec<(usize, usize, String)> = rs
+            .iter()
+            .enumerate()
+            .filter_map(|(i, &x)| {
+                let (target, support) = self.rule_for(x, roots)?;
+                let hits: Vec<usize> = (0..rt.len())
+                    .filter(|&j| relative(self.t.item_path(rt[j]), roots.1) == target)
+                    .collect();
+                let [j] = hits[..] else { return None };
+                self.allowed(x, rt[j]).then(|| {
+                    (
+                        i,
+                        j,
+                        format!(
+                            "one renaming across repeated blocks: {} → {target}, as {support} other block(s) decided by other evidence",
+                            relative(self.s.item_path(x), roots.0)
+                        ),
+                    )
+                })
+            })
+            .collect();
+        let mut count: HashMap<usize, usize> = HashMap::new();
+        for f in &found {
+            *count.entry(f.1).or_default() += 1;
+        }
+        found.into_iter().filter(|f| count[&f.1] == 1).collect()
     }
 
     /// Look-alikes whose name places them relative to a module of the level

@@ -84,6 +84,8 @@ struct ReportFile {
     conversions: Vec<Conversion>,
     #[serde(default)]
     scoring: ScoringSummary,
+    #[serde(default)]
+    block_rules: Vec<crate::mapper::BlockRule>,
 }
 
 /// Rebuilds a mapping result from the JSON report of
@@ -138,6 +140,7 @@ pub fn result_from_report_json(value: &Value, path: &Path) -> Result<MappingResu
         unmatched_target: unmatched(r.unmatched_target),
         conversions: r.conversions,
         scoring: r.scoring,
+        block_rules: r.block_rules,
     })
 }
 

@@ -9,7 +9,10 @@
 //! - `post_norm`: two same-shape norms per block (`attention.output.LayerNorm` /
 //!   `output.LayerNorm` against `norm1` / `norm2`);
 //! - `pre_norm`: `input_layernorm` / `post_attention_layernorm` against `attn_norm` /
-//!   `ffn_norm`.
+//!   `ffn_norm`;
+//! - `repeated_rule`: two linears per layer (`inp` / `out` against `alpha` / `beta`,
+//!   registered in the other order) that only the first layer's shapes tell apart: the
+//!   other layers follow the same renaming.
 //!
 //! Every case, from `.pth` and `.safetensors`, must map every tensor right: no wrong pair,
 //! nothing left out, and no pair that rests on file order alone.
@@ -18,7 +21,13 @@ use crate::support::{repo, s, weightmap};
 use serde_json::{Map, Value};
 use std::path::Path;
 
-const CASES: [&str; 4] = ["shortcut", "moved_block", "post_norm", "pre_norm"];
+const CASES: [&str; 5] = [
+    "shortcut",
+    "moved_block",
+    "post_norm",
+    "pre_norm",
+    "repeated_rule",
+];
 
 fn truth(dir: &Path) -> Map<String, Value> {
     let text = std::fs::read_to_string(dir.join("case.json")).unwrap();
@@ -99,6 +108,39 @@ fn decisions_name_their_evidence() {
             "no decision by {evidence}: {details:#?}"
         );
     }
+}
+
+/// The renaming induced from the first layer (unique shapes) decides the others, and is
+/// kept in the result.
+#[test]
+fn one_renaming_across_repeated_blocks_is_induced_and_kept() {
+    let dir = repo().join("models/lookalikes/repeated_rule");
+    let report = map_json(&[
+        "map",
+        s(&dir.join("source.safetensors")),
+        s(&dir.join("target.pt")),
+        "--json",
+    ]);
+    let details: Vec<&str> = report["mappings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["resolution_detail"].as_str().unwrap())
+        .collect();
+    assert!(
+        details
+            .iter()
+            .any(|d| d.contains("one renaming across repeated blocks: inp → alpha")),
+        "{details:#?}"
+    );
+    let rules = report["block_rules"].as_array().unwrap();
+    let rule = rules
+        .iter()
+        .find(|r| r["source"] == "inp")
+        .unwrap_or_else(|| panic!("no rule for inp: {rules:#?}"));
+    assert_eq!(rule["target"], "alpha");
+    assert_eq!(rule["source_block"], "layers.#");
+    assert_eq!(rule["target_block"], "blocks.#");
 }
 
 /// One meaning of "needs review": the `--quiet` line, the terminal list, `--json`'s count

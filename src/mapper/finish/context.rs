@@ -23,6 +23,7 @@ impl<'a> State<'a> {
                 if matches!(
                     r,
                     Resolution::ExecutionOrder
+                        | Resolution::BlockRule
                         | Resolution::OrdinalFamily
                         | Resolution::SiblingAnchor
                         | Resolution::NameIndices

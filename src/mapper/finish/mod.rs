@@ -102,7 +102,7 @@ fn doubt(r: Resolution) -> u8 {
         Resolution::Elimination => 2,
         Resolution::Relation => 3,
         Resolution::ExecutionOrder => 3,
-        Resolution::OrdinalFamily | Resolution::SiblingAnchor => 3,
+        Resolution::BlockRule | Resolution::OrdinalFamily | Resolution::SiblingAnchor => 3,
         Resolution::NameIndices => 4,
         Resolution::Similarity => 5,
         Resolution::Score => 6,
@@ -168,7 +168,14 @@ pub(crate) fn run<'a>(m: &'a Mapper, opts: &SuggestOptions) -> Result<(MappingRe
 
     // 2. Structure.
     let st = Progress::while_running("matching", || {
-        Matcher::new(&s, &t, use_names, &incompat).run()
+        let first = Matcher::new(&s, &t, use_names, &incompat, None).run();
+        // Blocks decided early cannot use the renamings of blocks decided later: when the
+        // complete set of renamings settles something the first pass missed, once more.
+        if first.rules_would_help() {
+            Matcher::new(&s, &t, use_names, &incompat, Some(&first.book)).run()
+        } else {
+            first
+        }
     });
     let mut state = State {
         s,
@@ -536,6 +543,7 @@ pub(crate) fn run<'a>(m: &'a Mapper, opts: &SuggestOptions) -> Result<(MappingRe
         unmatched_target,
         conversions: relations.into_iter().map(|f| f.relation).collect(),
         scoring,
+        block_rules: state.st.book.rules(),
     };
     Ok((result, state))
 }

@@ -12,6 +12,8 @@ Writes, deterministically (fixed seeds, fixed shapes):
 - models/trace_buffers.pt  scripted; persistent and non-persistent buffers, BatchNorm statistics
                            (num_batches_tracked is never read in eval) and a plain tensor attribute
 - models/trace_branch.pt   scripted; an `if` on the batch size skips `wide` for batches up to 100
+- models/trace_views.pt    scripted; an index buffer first used by a view (`table[index.view(-1)]`):
+                           the view is its first use, recorded as such
 - models/trace_expected.json  per fixture: the input, the state dict, and two orders
 
 With `--bench-out FILE` it writes instead the same (without hook_order) for every
@@ -102,6 +104,40 @@ class Buffers(nn.Module):
 
     def forward(self, x):
         return self.out(self.scale(self.bn(self.fc(x))))
+
+
+class RelIndex(nn.Module):
+    """A relative-position index buffer, first used by an op that only views it."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("index", torch.arange(16).remainder(9).reshape(4, 4))
+
+    def forward(self):
+        return self.index.view(-1)
+
+
+class BiasTable(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.table = nn.Parameter(torch.randn(9, 2))
+
+    def forward(self, idx):
+        return self.table[idx].view(4, 4, 2)
+
+
+class Views(nn.Module):
+    """Swin-style relative position bias: `table[index.view(-1)]`. The index buffer's first
+    use is the view (aten::view), before the table's (aten::index)."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(4, 4)
+        self.rel = RelIndex()
+        self.bias = BiasTable()
+
+    def forward(self, x):
+        return self.proj(x) + self.bias(self.rel()).sum(-1)
 
 
 class Branch(nn.Module):
@@ -310,6 +346,7 @@ def main():
         ("tied", Tied, ["1x6:i64:0-20"], False),
         ("buffers", Buffers, ["2x4"], True),
         ("branch", Branch, ["1x8"], True),
+        ("views", Views, ["4x4"], True),
     ]:
         torch.manual_seed(1)  # the weights: the same on every run
         fixtures[name] = make_fixture(name, model_class(), specs, script)

@@ -425,3 +425,31 @@ fn the_cuda_backend_of_this_libtorch_loads() {
     }
     weightmap::libtorch::load_cuda_backend().expect("libtorch_cuda.so loads through the rpath");
 }
+
+/// A buffer whose first use only views it (`table[index.view(-1)]`, Swin's relative
+/// position bias) is recorded at the view, as PyTorch's inlined graph and its profiler
+/// have it, not at the op that consumes the view.
+#[test]
+fn a_buffer_first_used_by_a_view_is_recorded_at_the_view() {
+    let path = root().join("models/trace_views.pt");
+    let specs = vec!["4x4".parse::<InputSpec>().unwrap()];
+    let dynamic = trace::trace(&path, &specs, Device::Cpu).unwrap();
+    let fixed = trace::static_order(&path).unwrap();
+    assert_eq!(
+        names_ops(&dynamic),
+        names_ops(&fixed),
+        "dynamic vs inlined graph"
+    );
+    let at = |name: &str| {
+        dynamic
+            .order
+            .iter()
+            .position(|e| e.name == name)
+            .unwrap_or_else(|| panic!("{name} not in the order"))
+    };
+    assert_eq!(
+        dynamic.order[at("rel.index")].op.as_deref(),
+        Some("aten::view")
+    );
+    assert!(at("rel.index") < at("bias.table"));
+}

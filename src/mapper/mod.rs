@@ -488,10 +488,7 @@ impl UnmatchedReason {
             } => format!("lost to a better candidate: {candidate} went to {taken_by}"),
             UnmatchedReason::Ambiguous { candidates } => {
                 format!(
-                    "ambiguous: look-alikes {} cannot be told apart by names, structure or order; \
-                     an order would settle it: a TorchScript model instead of a checkpoint \
-                     (`weightmap map MODEL.pt ...`), or `--source-order`/`--target-order FILE` \
-                     from `weightmap trace MODEL.pt -o FILE`",
+                    "ambiguous: look-alikes {} cannot be told apart by names, structure or order",
                     candidates.join(", ")
                 )
             }
@@ -651,6 +648,51 @@ impl MappingResult {
             .count()
     }
 
+    /// What would settle the look-alikes left ambiguous, with the commands; `None` when
+    /// none are.
+    pub fn settle_hint(&self) -> Option<String> {
+        let n = self
+            .unmatched_source
+            .iter()
+            .filter(|u| matches!(u.reason, UnmatchedReason::Ambiguous { .. }))
+            .count();
+        if n == 0 {
+            return None;
+        }
+        let trusted = |o: OrderKind| matches!(o, OrderKind::Dynamic | OrderKind::Static);
+        let mut ways = vec![];
+        for (side, model, flag) in [
+            ("source", &self.source, "--source-order"),
+            ("target", &self.target, "--target-order"),
+        ] {
+            if !trusted(model.order) && model.format == "torchscript" {
+                ways.push(format!(
+                    "the {side}'s execution order: {} is a TorchScript model, so `--order static` \
+                     (or `--input SHAPE` for a traced order) gives it",
+                    model.path
+                ));
+            } else if !trusted(model.order) {
+                ways.push(format!(
+                    "the {side}'s execution order: map from its TorchScript model instead of {}, \
+                     or trace that model once (`weightmap trace MODEL.pt -o {side}_order.json`) \
+                     and add `{flag} {side}_order.json`",
+                    model.path
+                ));
+            }
+        }
+        if ways.is_empty() {
+            ways.push(
+                "a decision of yours: `--pin SOURCE=TARGET` for one of them (the rest is \
+                 re-solved around it)"
+                    .into(),
+            );
+        }
+        Some(format!(
+            "{n} source tensors are left ambiguous; what would settle them: {}",
+            ways.join("; or ")
+        ))
+    }
+
     /// Share of target tensors that received a source tensor.
     pub fn coverage(&self) -> f64 {
         if self.target.tensors == 0 {
@@ -717,6 +759,7 @@ impl MappingResult {
             "conversions": self.conversions,
             "scoring": self.scoring,
             "block_rules": self.block_rules,
+            "settle_ambiguity": self.settle_hint(),
         })
     }
 }

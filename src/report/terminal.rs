@@ -340,6 +340,10 @@ pub fn map_to_text(result: &MappingResult, opts: &MapTextOptions) -> String {
         &result.unmatched_target,
         &st,
     );
+    if let Some(hint) = result.settle_hint() {
+        let _ = writeln!(out);
+        let _ = writeln!(out, "{}", st.yellow(&hint));
+    }
     out
 }
 

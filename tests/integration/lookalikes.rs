@@ -211,9 +211,16 @@ fn needs_review_is_one_count_and_fail_on_stops_on_it() {
         .collect();
     assert!(!reasons.is_empty());
     assert!(
-        reasons.iter().all(|r| r.contains("weightmap trace")),
+        reasons.iter().all(|r| r.contains("ambiguous")),
         "{reasons:?}"
     );
+    // What would settle them is said once, with the commands.
+    let hint = json["settle_ambiguity"].as_str().unwrap();
+    assert!(
+        hint.contains("weightmap trace") && hint.contains("--source-order"),
+        "{hint}"
+    );
+    assert!(hint.contains("--order static"), "{hint}");
     let fail = weightmap(
         &[
             &[

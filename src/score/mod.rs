@@ -707,6 +707,14 @@ pub struct ScoreBreakdown {
 }
 
 impl ScoreBreakdown {
+    /// The total this pair would have without its order part: what the score says when
+    /// no order is known (to tell when an order alone decided).
+    pub fn total_without_order(&self, weights: &ScoreWeights) -> f64 {
+        let hierarchy = (HIER_W_DEPTH * self.depth + HIER_W_CONTEXT * self.context)
+            / (HIER_W_DEPTH + HIER_W_CONTEXT);
+        weights.shape * self.shape + weights.name * self.name + weights.hierarchy * hierarchy
+    }
+
     /// A breakdown where only the shape part is known (a pair decided by something other
     /// than the scores: a pin, equal content), with the given total.
     pub fn shape_only(relation: ShapeRelation, total: f64) -> ScoreBreakdown {

@@ -165,6 +165,59 @@ fn renamed_repeated_blocks_map_by_structure_and_indices() {
 }
 
 #[test]
+fn file_order_does_not_decide_against_the_targets_registration_order() {
+    // The source's file order (registration order) against the target's execution order,
+    // where the target registered its two norms in the other order than it runs them: two
+    // libraries' registration habits would decide, so nothing is guessed.
+    let src = spec(
+        Format::TorchZip,
+        &[
+            ("blk.input_ln.weight", &[4]),
+            ("blk.attn.w.weight", &[4, 6]),
+            ("blk.post_ln.weight", &[4]),
+        ],
+    );
+    let tgt = spec(
+        Format::TorchScript,
+        &[
+            ("b.attn.x.weight", &[4, 6]),
+            ("b.q_norm.weight", &[4]),
+            ("b.p_norm.weight", &[4]),
+        ],
+    );
+    let options = MapperOptions {
+        target_order: Some(TensorOrder {
+            kind: OrderKind::Static,
+            names: vec![
+                "b.p_norm.weight".into(),
+                "b.attn.x.weight".into(),
+                "b.q_norm.weight".into(),
+            ],
+        }),
+        ..Default::default()
+    };
+    let r = map_with(src, tgt, options, SuggestOptions::default());
+    assert_eq!(target_of(&r, "blk.attn.w.weight"), Some("b.attn.x.weight"));
+    for n in ["blk.input_ln.weight", "blk.post_ln.weight"] {
+        assert!(
+            target_of(&r, n).is_none(),
+            "{n} was decided by file order: {:#?}",
+            r.mappings
+                .iter()
+                .map(|m| (&m.source, &m.target, m.resolution, &m.resolution_detail))
+                .collect::<Vec<_>>()
+        );
+        let u = r.unmatched_source.iter().find(|u| u.name == n).unwrap();
+        assert!(
+            matches!(u.reason, UnmatchedReason::Ambiguous { .. }),
+            "{n}: {:?}",
+            u.reason
+        );
+    }
+    assert!(r.settle_hint().is_some());
+}
+
+#[test]
 fn execution_order_decides_look_alikes_without_index_names() {
     // Two norms of one shape whose names say nothing that ties them together; the target's
     // execution order and the source's file order agree.

@@ -16,8 +16,9 @@ use super::side::SideModel;
 use super::structure::{Incompat, Matcher, Structure};
 use super::{
     Alternative, Candidate, CandidateSearch, Explanation, Mapper, MappingResult, Match, MatchType,
-    ModelSummary, Resolution, ScoringSummary, Strategy, SuggestOptions, Transform, Unmatched,
-    UnmatchedReason, CONSERVATIVE_MIN_SCORE, MAX_ALTERNATIVES, MAX_EXACT_CANDIDATES,
+    ModelSummary, OrderKind, Resolution, ScoringSummary, Strategy, SuggestOptions, Transform,
+    Unmatched, UnmatchedReason, CONSERVATIVE_MIN_SCORE, MAX_ALTERNATIVES, MAX_EXACT_CANDIDATES,
+    REVIEW_MIN_MARGIN,
 };
 use crate::assign::{assign, Edge};
 use crate::error::Result;
@@ -30,6 +31,7 @@ use crate::score::{
 };
 use rayon::prelude::*;
 use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
 
 /// Two leftover pairings closer than this in score are a tie: neither is taken.
 pub(crate) const TIE_MARGIN: f64 = 0.01;
@@ -93,6 +95,9 @@ fn key_role(r: Role) -> Role {
         r
     }
 }
+
+/// What settles a decision taken by a checkpoint's key order.
+const FILE_ORDER_HINT: &str = "a TorchScript export of the source (`weightmap map SOURCE.pt ...`) or `--source-order FILE` would settle it";
 
 /// How doubtful a resolution is (higher = more doubtful), to report the weakest step.
 fn doubt(r: Resolution) -> u8 {
@@ -319,11 +324,47 @@ pub(crate) fn run<'a>(m: &'a Mapper, opts: &SuggestOptions) -> Result<(MappingRe
         state.t_to_s.insert(p.t, p.s);
     }
     let progress = Progress::new(scored.len() as u64, "scoring");
+    // A pair decided by scores whose margin comes from a file's key order alone (the order
+    // part of the score, with a checkpoint's registration order on one side) is flagged;
+    // where the target registered the tied candidates in another order than it runs them,
+    // two libraries' registration habits would decide: the pair is refused.
+    let weak_order = [&state.s, &state.t]
+        .iter()
+        .any(|side| matches!(side.order_kind, OrderKind::File | OrderKind::Registration));
+    let refused: Mutex<Vec<(usize, usize, Vec<String>)>> = Mutex::new(vec![]);
     let mut mappings: Vec<Match> = scored
         .par_iter()
         .map(|(p, transform, flag, b)| {
             progress.inc(1);
             let alts = state.alternatives(p.s, p.t);
+            let mut flag = flag.clone();
+            if weak_order && p.resolution == Resolution::Score && b.order.is_some() {
+                let own = b.total_without_order(&weights);
+                let tied: Vec<usize> = alts
+                    .iter()
+                    // Within the margin a pair decided by scores needs to go unreviewed.
+                    .filter(|(_, a)| a.total_without_order(&weights) > own - REVIEW_MIN_MARGIN)
+                    .map(|a| a.0)
+                    .collect();
+                let t = &state.t;
+                let disagrees = |other: usize| match (t.exec[p.t], t.exec[other], t.pos[p.t], t.pos[other]) {
+                    (Some(e1), Some(e2), Some(r1), Some(r2)) => (e1 < e2) != (r1 < r2),
+                    _ => false,
+                };
+                if tied.iter().any(|&o| disagrees(o)) {
+                    let mut names: Vec<String> = std::iter::once(p.t)
+                        .chain(tied.iter().copied())
+                        .map(|i| m.target.tensors[i].original_name.clone())
+                        .collect();
+                    names.dedup();
+                    refused.lock().unwrap_or_else(|e| e.into_inner()).push((p.s, p.t, names));
+                } else if !tied.is_empty() && flag.is_none() {
+                    flag = Some(format!(
+                        "decided by file order only: without the checkpoint's key order, {} scores about as well; {FILE_ORDER_HINT}",
+                        m.target.tensors[tied[0]].original_name
+                    ));
+                }
+            }
             let best_alt = alts.first().map(|a| a.1.total);
             let confidence = p.resolution.confidence().unwrap_or(match best_alt {
                 Some(x) => (b.total - x).clamp(0.0, 1.0),
@@ -356,9 +397,10 @@ pub(crate) fn run<'a>(m: &'a Mapper, opts: &SuggestOptions) -> Result<(MappingRe
                         score: ab.total,
                     })
                     .collect(),
-                ambiguous: flag.clone().or_else(|| {
-                    (p.resolution == Resolution::FileOrder)
-                        .then(|| "decided by file order only: look-alikes told apart by the checkpoint's key order (registration order, usually but not always execution order); a TorchScript export of the source (`weightmap map SOURCE.pt ...`) or `--source-order FILE` would settle it".to_string())
+                ambiguous: flag.or_else(|| {
+                    (p.resolution == Resolution::FileOrder).then(|| {
+                        format!("decided by file order only: look-alikes told apart by the checkpoint's key order (registration order, usually but not always execution order); {FILE_ORDER_HINT}")
+                    })
                 }),
             }
         })
@@ -368,6 +410,17 @@ pub(crate) fn run<'a>(m: &'a Mapper, opts: &SuggestOptions) -> Result<(MappingRe
     // 6. Threshold and strategy.
     let mut rejected_s: HashMap<usize, UnmatchedReason> = HashMap::new();
     let mut rejected_t: HashMap<usize, UnmatchedReason> = HashMap::new();
+    for (si, ti, candidates) in refused.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        let source = m.source.tensors[si].original_name.clone();
+        rejected_s.insert(si, UnmatchedReason::Ambiguous { candidates });
+        rejected_t.insert(
+            ti,
+            UnmatchedReason::Ambiguous {
+                candidates: vec![source],
+            },
+        );
+    }
+
     let index_s: HashMap<&str, usize> = m
         .source
         .tensors
@@ -382,6 +435,7 @@ pub(crate) fn run<'a>(m: &'a Mapper, opts: &SuggestOptions) -> Result<(MappingRe
         .enumerate()
         .map(|(i, t)| (t.original_name.as_str(), i))
         .collect();
+    mappings.retain(|x| !rejected_s.contains_key(&index_s[x.source.as_str()]));
     mappings.retain(|x| {
         let why: Option<UnmatchedReason> = if x.resolution == Resolution::Pinned {
             None

@@ -729,32 +729,8 @@ impl<'a> SideModel<'a> {
         if let Some(ranks) = names_order(&comps) {
             return Some((ranks, Strength::Names));
         }
-        let pos: Vec<Option<f64>> = items
-            .iter()
-            .map(|&it| match it {
-                Item::Node(x) => self.nodes[x].pos_min,
-                Item::Unit(u) => self.units[u]
-                    .tensors
-                    .iter()
-                    .filter_map(|(_, i)| self.pos[*i])
-                    .reduce(f64::min),
-            })
-            .collect();
-        if pos.iter().all(|p| p.is_some()) {
-            let mut keys: Vec<(f64, usize)> = pos
-                .iter()
-                .enumerate()
-                .map(|(k, p)| (p.unwrap_or(0.0), k))
-                .collect();
-            keys.sort_by(|a, b| a.0.total_cmp(&b.0));
-            if keys.windows(2).all(|w| w[0].0 != w[1].0) {
-                return Some((
-                    ranks_of(&keys.iter().map(|k| k.1).collect::<Vec<_>>()),
-                    Strength::Weak,
-                ));
-            }
-        }
-        None
+        self.registration_order(items)
+            .map(|ranks| (ranks, Strength::Weak))
     }
 
     /// Tokens of an item's path relative to `root` (a module path), for telling

@@ -87,21 +87,27 @@ fn look_alikes_map_exactly_from_every_source_format() {
 /// The decisions say which evidence took them: the shortcut case needs ordinal families
 /// (`f.a`/`f.b`/`f.c` against `conv1`/`conv2`/`conv3`) and sibling anchors (each batch norm
 /// beside its conv), with no order from a safetensors source.
-#[test]
-fn decisions_name_their_evidence() {
-    let dir = repo().join("models/lookalikes/shortcut");
+/// `map CASE/source.safetensors CASE/target.pt --json`, and the detail of every decision.
+fn from_safetensors(case: &str) -> (Value, Vec<String>) {
+    let dir = repo().join("models/lookalikes").join(case);
     let report = map_json(&[
         "map",
         s(&dir.join("source.safetensors")),
         s(&dir.join("target.pt")),
         "--json",
     ]);
-    let details: Vec<&str> = report["mappings"]
+    let details = report["mappings"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|m| m["resolution_detail"].as_str().unwrap())
+        .map(|m| m["resolution_detail"].as_str().unwrap().to_string())
         .collect();
+    (report, details)
+}
+
+#[test]
+fn decisions_name_their_evidence() {
+    let (_, details) = from_safetensors("shortcut");
     for evidence in ["ordinal family", "sibling anchor"] {
         assert!(
             details.iter().any(|d| d.contains(evidence)),
@@ -114,19 +120,7 @@ fn decisions_name_their_evidence() {
 /// kept in the result.
 #[test]
 fn one_renaming_across_repeated_blocks_is_induced_and_kept() {
-    let dir = repo().join("models/lookalikes/repeated_rule");
-    let report = map_json(&[
-        "map",
-        s(&dir.join("source.safetensors")),
-        s(&dir.join("target.pt")),
-        "--json",
-    ]);
-    let details: Vec<&str> = report["mappings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["resolution_detail"].as_str().unwrap())
-        .collect();
+    let (report, details) = from_safetensors("repeated_rule");
     assert!(
         details
             .iter()

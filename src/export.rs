@@ -9,7 +9,7 @@
 //! (a layer index the target spells differently) gets an exact rule of its own in front.
 //! The rules reproduce every rename by construction.
 
-use crate::mapping::Mapping;
+use crate::mapping::{Conversion, Mapping};
 use crate::rules::{Rule, Rules};
 use serde_json::{Map, Value};
 use std::collections::HashMap;
@@ -152,9 +152,29 @@ fn template(source: &str, target: &str) -> (String, String) {
     (pattern, replacement.join("."))
 }
 
-/// A standalone Python module with `convert(state_dict) -> state_dict`: the rules and
-/// transforms as data, applied with HF's first-match semantics; needs only torch.
-pub fn python_module(rules: &Rules, origin: &str) -> String {
+/// The conversions of a mapping as the Python converter's data: the op's fields only
+/// (what `map` thought of them stays in the mapping file), with `ambiguous` kept so that
+/// a reader of the module sees what to check.
+fn conversions_data(conversions: &[Conversion]) -> Value {
+    Value::Array(
+        conversions
+            .iter()
+            .map(|c| {
+                let mut v = serde_json::to_value(c).unwrap_or(Value::Null);
+                if let Value::Object(o) = &mut v {
+                    o.remove("confidence");
+                    o.remove("reason");
+                }
+                v
+            })
+            .collect(),
+    )
+}
+
+/// A standalone Python module with `convert(state_dict) -> state_dict`: the rules,
+/// transforms and conversions (split, concat, stack, ... as the mapping file describes
+/// them) as data, the renames applied with HF's first-match semantics; needs only torch.
+pub fn python_module(rules: &Rules, conversions: &[Conversion], origin: &str) -> String {
     let rules_data: Vec<Value> = rules
         .rules()
         .iter()
@@ -163,6 +183,8 @@ pub fn python_module(rules: &Rules, origin: &str) -> String {
     let rules_json = serde_json::to_string_pretty(&Value::Array(rules_data)).unwrap_or_default();
     let transforms_json =
         serde_json::to_string_pretty(&Value::Object(rules.transforms.clone())).unwrap_or_default();
+    let conversions_json =
+        serde_json::to_string_pretty(&conversions_data(conversions)).unwrap_or_default();
     format!(
         r#""""Converts a state dict to the target model's names (written by weightmap export from
 {origin}).
@@ -172,8 +194,11 @@ pub fn python_module(rules: &Rules, origin: &str) -> String {
 
 RULES: (pattern, replacement) in Python `re` syntax; for each key the first pattern that
 matches renames it (as transformers' key_mapping does). TRANSFORMS: per target key,
-"transpose" or {{"reshape": [dims]}}. Keys no rule matches are left out (strict=True
-raises on them).
+"transpose" or {{"reshape": [dims]}}. CONVERSIONS: ops that make target tensors from
+several source tensors or several from one, as in weightmap's mapping file (kind, sources,
+targets in op order, dim, sizes, group_size, concat_dim, transpose: each part on the many
+side transposed); their sources are not renamed. Keys no rule matches and no conversion
+uses are left out (strict=True raises on them).
 """
 import json
 import re
@@ -183,6 +208,8 @@ import torch
 RULES = json.loads(r'''{rules_json}''')
 
 TRANSFORMS = json.loads(r'''{transforms_json}''')
+
+CONVERSIONS = json.loads(r'''{conversions_json}''')
 
 _COMPILED = [(re.compile(p), r) for p, r in RULES]
 
@@ -204,10 +231,49 @@ def _transform(tensor, how):
     raise ValueError(f"unknown transform {{how!r}}")
 
 
+def _run(c, xs):
+    """The target tensors of conversion `c` from its source tensors `xs`, in op order."""
+    kind, dim, t = c["kind"], c.get("dim", 0), c.get("transpose", False)
+    if t and kind in ("concat", "stack", "stack_of_concat"):
+        xs = [x.t() for x in xs]
+    if kind == "split":
+        ys = torch.split(xs[0], c["sizes"], dim)
+    elif kind == "concat":
+        ys = [torch.cat(xs, dim)]
+    elif kind == "stack":
+        ys = [torch.stack(xs, dim)]
+    elif kind == "unstack":
+        ys = torch.unbind(xs[0], dim)
+    elif kind == "stack_of_concat":
+        g = c["group_size"]
+        ys = [torch.stack([torch.cat(xs[i:i + g], c["concat_dim"]) for i in range(0, len(xs), g)], dim)]
+    elif kind == "split_of_unstack":
+        ys = [p for e in torch.unbind(xs[0], dim) for p in torch.split(e, c["sizes"], c["concat_dim"])]
+    else:
+        raise ValueError(f"unknown conversion {{kind!r}}")
+    if t and kind in ("split", "unstack", "split_of_unstack"):
+        ys = [y.t() for y in ys]
+    if len(ys) != len(c["targets"]):
+        raise ValueError(f"{{kind}} of {{c['sources'][:1]}} gives {{len(ys)}} tensors for {{len(c['targets'])}} targets")
+    return [y.contiguous() for y in ys]
+
+
 def convert(state_dict, strict=False):
-    """The state dict under the target's names, transforms applied."""
+    """The state dict under the target's names, transforms and conversions applied."""
     out = {{}}
+    consumed = set()
+    for c in CONVERSIONS:
+        missing = [s for s in c["sources"] if s not in state_dict]
+        if missing:
+            raise KeyError(f"{{c['kind']}} needs {{missing[0]!r}}, which the state dict lacks")
+        for name, y in zip(c["targets"], _run(c, [state_dict[s] for s in c["sources"]])):
+            if name in out:
+                raise KeyError(f"two conversions write {{name!r}}")
+            out[name] = y
+        consumed.update(c["sources"])
     for key, tensor in state_dict.items():
+        if key in consumed:
+            continue
         new = rename(key)
         if new is None:
             if strict:
@@ -277,7 +343,7 @@ mod tests {
     #[test]
     fn the_python_module_carries_rules_as_data() {
         let m = mapping(&[("a.0.w".into(), "b.0.w".into())]);
-        let text = python_module(&induce_rules(&m).unwrap(), "m.json");
+        let text = python_module(&induce_rules(&m).unwrap(), &[], "m.json");
         assert!(text.contains(r#"(\\d+)"#), "{text}");
         assert!(text.contains("def convert(state_dict"));
     }

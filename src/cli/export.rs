@@ -36,7 +36,12 @@ pub struct Args {
 /// Runs `weightmap export`.
 pub fn run(args: Args) -> anyhow::Result<()> {
     let mapping = Mapping::load(&args.mapping)?;
-    let rules = weightmap::export::induce_rules(&mapping)?;
+    // transformers keeps a key no pattern matches: names that stay need no rule there.
+    let unmatched = match args.format {
+        ExportFormat::HfKeyMapping => weightmap::export::Unmatched::Kept,
+        ExportFormat::Python | ExportFormat::Rules => weightmap::export::Unmatched::Dropped,
+    };
+    let rules = weightmap::export::induce_rules(&mapping, unmatched)?;
     if !mapping.conversions.is_empty() && args.format != ExportFormat::Python {
         // Not expressible as renames; named so that nobody believes the export complete.
         eprintln!(

@@ -172,6 +172,10 @@ fn digit_runs(name: &str) -> (Vec<&str>, Vec<&str>) {
     (texts, runs)
 }
 
+/// A form of rename: the source's and target's text around their numbers, and whether
+/// the shared ending is a group.
+type Form<'c, 'a> = (&'c [&'a str], &'c [&'a str], bool);
+
 /// One template per rename ([`Generalize::Forms`]): renames are grouped by form (source
 /// and target with digit runs blanked, the shared ending cut off); within a form, target
 /// number `j` is group of source number `i` when the two are equal in every rename of the
@@ -212,7 +216,7 @@ fn form_templates<'a>(renames: &[(&'a str, &'a str)], leaf_only: bool) -> Vec<(S
             }
         })
         .collect();
-    let mut forms: HashMap<(&[&str], &[&str], bool), Vec<usize>> = HashMap::new();
+    let mut forms: HashMap<Form, Vec<usize>> = HashMap::new();
     for (n, c) in cuts.iter().enumerate() {
         forms
             .entry((&c.source.0, &c.target.0, c.tail))

@@ -36,14 +36,22 @@ pub struct Args {
 /// Runs `weightmap export`.
 pub fn run(args: Args) -> anyhow::Result<()> {
     let mapping = Mapping::load(&args.mapping)?;
-    let rules = weightmap::export::induce_rules(&mapping)?;
-    if !mapping.conversions.is_empty() {
+    // transformers keeps a key no pattern matches: names that stay need no rule there.
+    let unmatched = match args.format {
+        ExportFormat::HfKeyMapping => weightmap::export::Unmatched::Kept,
+        ExportFormat::Python | ExportFormat::Rules => weightmap::export::Unmatched::Dropped,
+    };
+    let rules = weightmap::export::induce_rules(&mapping, unmatched)?;
+    if !mapping.conversions.is_empty() && args.format != ExportFormat::Python {
         // Not expressible as renames; named so that nobody believes the export complete.
         eprintln!(
-            "note: {} conversion(s) (split, concat, stack) are not renames and are not exported; apply them with `weightmap apply --mapping {}`",
+            "note: {} conversion(s) (split, concat, stack) are not renames and are not in this export; `--format python` carries them, `weightmap apply --mapping {}` applies them:",
             mapping.conversions.len(),
             args.mapping.display()
         );
+        for c in &mapping.conversions {
+            eprintln!("  {}", c.describe());
+        }
     }
     let text = match args.format {
         ExportFormat::HfKeyMapping => {
@@ -59,9 +67,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             serde_json::to_string_pretty(&rules.to_key_mapping())? + "\n"
         }
         ExportFormat::Rules => serde_json::to_string_pretty(&rules.to_json())? + "\n",
-        ExportFormat::Python => {
-            weightmap::export::python_module(&rules, &args.mapping.display().to_string())
-        }
+        ExportFormat::Python => weightmap::export::python_module(
+            &rules,
+            &mapping.conversions,
+            &args.mapping.display().to_string(),
+        ),
     };
     let mut out =
         weightmap::output::OutputFile::create(&args.output, &[args.mapping.as_path()], args.force)?;

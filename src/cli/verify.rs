@@ -1,5 +1,6 @@
 //! `weightmap verify`: loads a checkpoint into a TorchScript target, reports what loaded,
-//! runs it and, with `--source-model`, compares its output with the source model's.
+//! runs it and, with `--source-model`, compares its output with the source model's; with
+//! `--reference FILE`, with outputs saved from the original model.
 
 use super::flags::{DeviceFlag, InputFlags};
 use std::path::PathBuf;
@@ -29,7 +30,13 @@ pub struct Args {
     /// A target tensor or module prefix meant to be new (a fresh head); repeatable.
     #[arg(long = "allow-new", value_name = "NAME_OR_PREFIX")]
     pub allow_new: Vec<String>,
-    /// Outputs agree when |target - source| <= tol + tol * |source| everywhere.
+    /// A torch.save'd dict {"inputs": [tensor, ...], "reference_output": tensor or [tensors]}
+    /// (saved once from the original model): run the target on those inputs and fail (exit 3)
+    /// unless every output agrees with the reference within --tolerance.
+    #[arg(long, value_name = "FILE", conflicts_with = "inputs")]
+    pub reference: Option<PathBuf>,
+    /// Outputs agree when |target - source| <= tol + tol * |source| everywhere (the source
+    /// model's output, or the reference's).
     #[arg(long, default_value_t = verify::DEFAULT_TOLERANCE)]
     pub tolerance: f64,
     /// The mapping the checkpoint was written with, to list its transforms.
@@ -73,6 +80,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         tolerance: Some(args.tolerance),
         mapping: args.mapping.as_deref().map(Mapping::load).transpose()?,
         device: Some(args.device.device),
+        reference: args.reference.clone(),
     };
     let report = verify::verify(&checkpoint, &args.target, &options)?;
     if args.json {
@@ -173,6 +181,20 @@ fn print_report(r: &VerifyReport) {
             c.tolerance,
             if c.pass { "match" } else { "DIFFER" }
         );
+    }
+    if let Some(reference) = &r.reference {
+        for o in &reference.outputs {
+            println!(
+                "vs {} output {} {:?}: max abs diff {:.3e}, cosine {:.6}, tolerance {:.1e}: {}",
+                reference.file,
+                o.index,
+                o.reference_shape,
+                o.max_abs_diff,
+                o.cosine,
+                reference.tolerance,
+                if o.pass { "match" } else { "DIFFER" }
+            );
+        }
     }
     for f in &r.failures {
         println!("FAIL: {f}");

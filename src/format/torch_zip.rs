@@ -175,23 +175,8 @@ impl TorchArchive {
     pub fn to_spec(&self) -> ModelSpec {
         let mut tensors = Vec::with_capacity(self.tensors.len());
         for (i, e) in self.tensors.iter().enumerate() {
-            let t = &e.tensor;
-            let mut info =
-                TensorInfo::new(&e.key, t.shape.clone(), &t.dtype, TensorKind::Unknown, i);
+            let mut info = tensor_info(&e.key, &e.tensor, i);
             info.tied_to = e.tied_to.map(|j| self.tensors[j].key.clone());
-            // `offset` counts elements of the tensor's dtype; for an untyped (byte)
-            // storage (`_rebuild_tensor_v3`) that is not the storage's own type.
-            let storage_dtype = if t.storage.storage_type == "UntypedStorage" {
-                &t.dtype
-            } else {
-                &t.storage.dtype
-            };
-            info.location = Some(DataLocation::TorchStorage {
-                key: t.storage.key.clone(),
-                storage_dtype: storage_dtype.clone(),
-                offset: t.offset,
-                stride: t.stride.clone(),
-            });
             tensors.push(info);
         }
         ModelSpec {
@@ -203,6 +188,49 @@ impl TorchArchive {
             tensors,
         }
     }
+}
+
+/// The tensor `t` of a `torch.save` zip as a [`TensorInfo`] named `name`, with its data
+/// location (storage record, element offset, strides).
+pub fn tensor_info(name: &str, t: &TensorRef, position: usize) -> TensorInfo {
+    let mut info = TensorInfo::new(
+        name,
+        t.shape.clone(),
+        &t.dtype,
+        TensorKind::Unknown,
+        position,
+    );
+    // `offset` counts elements of the tensor's dtype; for an untyped (byte) storage
+    // (`_rebuild_tensor_v3`) that is not the storage's own type.
+    let storage_dtype = if t.storage.storage_type == "UntypedStorage" {
+        &t.dtype
+    } else {
+        &t.storage.dtype
+    };
+    info.location = Some(DataLocation::TorchStorage {
+        key: t.storage.key.clone(),
+        storage_dtype: storage_dtype.clone(),
+        offset: t.offset,
+        stride: t.stride.clone(),
+    });
+    info
+}
+
+/// Reads the object tree of any `torch.save` zip (not only state dicts): its layout and
+/// parsed `data.pkl`. Nothing is imported or executed (the pickle reader refuses to
+/// call globals), so this is `torch.load(weights_only=True)` without the tensor data.
+pub fn read_object(path: &Path) -> Result<(ArchiveLayout, Pickle)> {
+    let corrupt = |m: String| Error::corrupt(path, FORMAT, m);
+    let (mut zip, layout) = open_layout(path)?;
+    let pkl_index = layout
+        .entries
+        .iter()
+        .position(|e| e.name == layout.entry_name("data.pkl"))
+        .ok_or_else(|| corrupt("no data.pkl entry".into()))?;
+    let data_pkl = read_entry(&mut zip, pkl_index, MAX_DATA_PKL_BYTES)
+        .map_err(|m| corrupt(format!("data.pkl: {m}")))?;
+    let pickle = pickle::parse(&data_pkl).map_err(|e| corrupt(format!("data.pkl: {e}")))?;
+    Ok((layout, pickle))
 }
 
 /// Tells a `torch.save` zip from a TorchScript archive by its entry names.

@@ -38,6 +38,14 @@ extern "C" {
         n: usize,
         err: *mut *mut c_char,
     ) -> *mut c_void;
+    fn wm_module_forward_all(
+        m: *mut WmModule,
+        inputs: *const *mut c_void,
+        n: usize,
+        count: *mut usize,
+        err: *mut *mut c_char,
+    ) -> *mut *mut c_void;
+    fn wm_array_free(a: *mut *mut c_void);
     fn wm_module_trace_dynamic(
         m: *mut WmModule,
         inputs: *const *mut c_void,
@@ -307,6 +315,34 @@ impl ScriptModule {
         }
         // SAFETY: a fresh heap at::Tensor handle that tch now owns.
         Ok(unsafe { tch::Tensor::from_ptr(raw as *mut torch_sys::C_tensor) })
+    }
+
+    /// Runs `forward` on `inputs` without grad and returns every tensor of its output, depth
+    /// first: the tensor itself, the elements of a tuple or list, a dict's values in order.
+    pub fn forward_all(&self, inputs: &[tch::Tensor]) -> Result<Vec<tch::Tensor>> {
+        let ptrs = input_ptrs(inputs);
+        let mut err: *mut c_char = std::ptr::null_mut();
+        let mut count = 0usize;
+        // SAFETY: live module; `ptrs` point at tensors borrowed for the call.
+        let raw = unsafe {
+            wm_module_forward_all(
+                self.ptr.as_ptr(),
+                ptrs.as_ptr(),
+                ptrs.len(),
+                &mut count,
+                &mut err,
+            )
+        };
+        if raw.is_null() {
+            return Err(torch_error(&self.path, "running forward", take_string(err)));
+        }
+        let tensors = (0..count)
+            // SAFETY: `count` fresh heap at::Tensor handles, each taken once; tch owns them.
+            .map(|i| unsafe { tch::Tensor::from_ptr(*raw.add(i) as *mut torch_sys::C_tensor) })
+            .collect();
+        // SAFETY: the array came from the shim's malloc and its entries were taken above.
+        unsafe { wm_array_free(raw) };
+        Ok(tensors)
     }
 
     /// Moves the module's parameters and buffers to `device`.

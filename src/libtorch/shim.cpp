@@ -256,6 +256,20 @@ bool first_tensor(const c10::IValue& v, at::Tensor& out) {
   return false;
 }
 
+// Every tensor of an output, depth first: a tensor, the elements of a tuple or list, a
+// dict's values in insertion order (what a reference saved as a list of outputs holds).
+void all_tensors(const c10::IValue& v, std::vector<at::Tensor>& out) {
+  if (v.isTensor()) {
+    out.push_back(v.toTensor());
+  } else if (v.isTuple()) {
+    for (const auto& e : v.toTupleRef().elements()) all_tensors(e, out);
+  } else if (v.isList()) {
+    for (const auto& e : v.toListRef()) all_tensors(e, out);
+  } else if (v.isGenericDict()) {
+    for (const auto& kv : v.toGenericDict()) all_tensors(kv.value(), out);
+  }
+}
+
 c10::IValue run_forward(wm_module* m, void* const* inputs, size_t n) {
   std::vector<c10::IValue> args;
   args.reserve(n);
@@ -545,6 +559,31 @@ void* wm_module_forward(wm_module* m, void* const* inputs, size_t n, char** err)
   });
   return out;
 }
+
+// Runs forward like wm_module_forward and returns every tensor of its output (see
+// all_tensors) as a malloc'd array of *count new at::Tensor* (free the array with
+// wm_array_free once each tensor is taken), or null with *err set.
+void** wm_module_forward_all(wm_module* m, void* const* inputs, size_t n, size_t* count,
+                             char** err) {
+  void** out = nullptr;
+  *count = 0;
+  guarded(err, [&] {
+    const c10::IValue result = run_forward(m, inputs, n);
+    std::vector<at::Tensor> tensors;
+    all_tensors(result, tensors);
+    if (tensors.empty()) {
+      throw std::runtime_error("forward returned " + result.tagKind() + " with no tensor in it");
+    }
+    out = static_cast<void**>(std::malloc(tensors.size() * sizeof(void*)));
+    if (out == nullptr) throw std::bad_alloc();
+    for (size_t i = 0; i < tensors.size(); ++i) out[i] = new at::Tensor(tensors[i]);
+    *count = tensors.size();
+  });
+  return out;
+}
+
+// Frees an array returned by wm_module_forward_all (not the tensors it pointed to).
+void wm_array_free(void** a) { std::free(a); }
 
 // Dynamic order: runs forward on the inputs and lists, in call order, every outermost op's
 // inputs that are the module's tensors, as {"calls": N, "uses": [{"entry", "call", "op"}]}

@@ -48,7 +48,11 @@ case_dir, mapping_out, checkpoint = sys.argv[1:4]
 case = json.load(open(case_dir + "/case.json"))
 tpose = {t["source"][0] for t in case["transforms"] if t["kind"] == "transpose"}
 m = {s: ({"target": t, "transform": "transpose"} if s in tpose else t) for s, t in case["ground_truth"].items()}
-json.dump(m, open(mapping_out, "w"))
+conversions = [dict({k: v for k, v in t.items() if k not in ("source", "target", "note")},
+                    sources=t["source"], targets=t["target"])
+               for t in case["transforms"] if t["kind"] != "transpose"]
+json.dump({"format": "weightmap.mapping", "version": 2, "mapping": m, "conversions": conversions},
+          open(mapping_out, "w"))
 ts = torch.jit.load(case_dir + "/target.pt")
 inputs = []
 for d in case["dummy_input"]:
@@ -151,6 +155,12 @@ fn corpus_reports_agree_with_load_state_dict() {
             transposes,
             "{name}: TRANSFORMED"
         );
+
+        // The corpus' io.pt holds the correctly converted target's output: the reference
+        // check agrees.
+        let io = case.join("io.pt");
+        let (pass, report) = verify_json(&[s(&out), s(&target), "--reference", s(&io)]);
+        assert!(pass, "{name}: --reference: {}", report["reference"]);
 
         // --strict fails exactly when Python finds parameters left at their initial values,
         // and passes once those are allowed to be new.
@@ -354,4 +364,184 @@ save_file({"stem.conv.weight": torch.zeros(4, 3, 5, 5), "stem.conv.bias": torch.
     assert_eq!(report["loaded"], 1);
     assert!(!names(&report["missing"]).contains(&"stem.conv.weight".to_string()));
     assert!(names(&report["missing"]).contains(&"head_weight".to_string()));
+}
+
+/// A source with a square linear weight and a renamed target returning a tuple, traced;
+/// `io.pt` holds inputs and the right outputs (as the corpus' io.pt), `io_list.pt` the
+/// tuple's tensors as a list; the right mapping, and one that transposes the square weight
+/// (it loads without complaint, strict included); and reference files that are wrong in
+/// each way a user can get one wrong.
+const MAKE_REFERENCE_PAIR: &str = r#"
+import sys, json, torch
+d = sys.argv[1]
+torch.manual_seed(0)
+class Source(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.inp = torch.nn.Linear(6, 8)
+        self.square = torch.nn.Linear(8, 8)
+        self.out = torch.nn.Linear(8, 3)
+    def forward(self, x):
+        return self.out(torch.tanh(self.square(torch.tanh(self.inp(x)))))
+class Target(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = torch.nn.Linear(6, 8)
+        self.mix = torch.nn.Linear(8, 8)
+        self.head = torch.nn.Linear(8, 3)
+    def forward(self, x):
+        h = torch.tanh(self.mix(torch.tanh(self.embed(x))))
+        return self.head(h), h
+src = Source().eval()
+x = torch.randn(4, 6)
+torch.save(src.state_dict(), d + "/source.pth")
+tgt = Target().eval()
+torch.jit.trace(tgt, x).save(d + "/target.pt")
+m = {"inp.weight": "embed.weight", "inp.bias": "embed.bias", "square.weight": "mix.weight",
+     "square.bias": "mix.bias", "out.weight": "head.weight", "out.bias": "head.bias"}
+json.dump(m, open(d + "/good.json", "w"))
+bad = dict(m); bad["square.weight"] = {"target": "mix.weight", "transform": "transpose"}
+json.dump(bad, open(d + "/transposed.json", "w"))
+tgt.load_state_dict({m[k]: v for k, v in src.state_dict().items()})
+with torch.no_grad():
+    y, h = tgt(x)
+torch.save({"inputs": [x], "reference_output": y}, d + "/io.pt")
+torch.save({"inputs": [x], "reference_output": [y, h]}, d + "/io_list.pt")
+torch.save({"inputs": [x]}, d + "/no_output.pt")
+torch.save([x, y], d + "/not_a_dict.pt")
+torch.save({"inputs": [x, x], "reference_output": y}, d + "/two_inputs.pt")
+torch.save({"inputs": [x], "reference_output": "y"}, d + "/output_not_tensor.pt")
+torch.save({"inputs": [x], "reference_output": [y, h, h]}, d + "/three_outputs.pt")
+data = open(d + "/io.pt", "rb").read()
+open(d + "/truncated.pt", "wb").write(data[: len(data) // 2])
+open(d + "/text.pt", "w").write("not a checkpoint")
+"#;
+
+#[test]
+fn reference_check_fails_a_transposed_square_weight_and_passes_the_right_one() {
+    let Some(py) = python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    run_python(&py, MAKE_REFERENCE_PAIR, &[s(d)]);
+    for name in ["good", "transposed"] {
+        let r = weightmap(&[
+            "apply",
+            s(&d.join("source.pth")),
+            "-m",
+            s(&d.join(format!("{name}.json"))),
+            "-o",
+            s(&d.join(format!("{name}.safetensors"))),
+        ]);
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    }
+    let target = d.join("target.pt");
+    let (good, transposed) = (d.join("good.safetensors"), d.join("transposed.safetensors"));
+    for io in ["io.pt", "io_list.pt"] {
+        let reference = d.join(io);
+        // The right checkpoint agrees with the reference on every output.
+        let (pass, report) = verify_json(&[
+            s(&good),
+            s(&target),
+            "--strict",
+            "--reference",
+            s(&reference),
+        ]);
+        assert!(pass, "{io}: {report}");
+        let outputs = report["reference"]["outputs"].as_array().unwrap();
+        assert_eq!(outputs.len(), if io == "io.pt" { 1 } else { 2 }, "{report}");
+        for o in outputs {
+            assert!(o["max_abs_diff"].as_f64().unwrap() < 1e-6, "{o}");
+            assert!(o["cosine"].as_f64().unwrap() > 0.999999, "{o}");
+        }
+        assert_eq!(report["inputs"], serde_json::json!(["4x6:Float"]));
+
+        // The transposed square weight loads (even under --strict) but the numbers differ:
+        // exit 3, with the difference printed.
+        let r = weightmap(&[
+            "verify",
+            s(&transposed),
+            s(&target),
+            "--strict",
+            "--reference",
+            s(&reference),
+        ]);
+        let text = String::from_utf8_lossy(&r.stdout);
+        assert_eq!(r.status.code(), Some(3), "{io}: {text}");
+        assert!(
+            text.contains("DIFFER") && text.contains("max abs diff") && text.contains("cosine"),
+            "{text}"
+        );
+        assert!(
+            text.contains("output 0 differs from the reference"),
+            "{text}"
+        );
+        let (pass, report) =
+            verify_json(&[s(&transposed), s(&target), "--reference", s(&reference)]);
+        assert!(!pass);
+        assert_eq!(report["reference"]["pass"], false, "{report}");
+        assert_eq!(report["missing"], serde_json::json!([]), "{report}");
+    }
+    // A tolerance wide enough lets the transposed weight through: the tolerance is used.
+    let (pass, report) = verify_json(&[
+        s(&transposed),
+        s(&target),
+        "--reference",
+        s(&d.join("io.pt")),
+        "--tolerance",
+        "1000",
+    ]);
+    assert!(pass, "{report}");
+}
+
+#[test]
+fn a_bad_reference_file_is_an_error_naming_it() {
+    let Some(py) = python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    run_python(&py, MAKE_REFERENCE_PAIR, &[s(d)]);
+    let good = d.join("good.safetensors");
+    let r = weightmap(&[
+        "apply",
+        s(&d.join("source.pth")),
+        "-m",
+        s(&d.join("good.json")),
+        "-o",
+        s(&good),
+    ]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    for (file, says) in [
+        ("no_output.pt", "reference_output"),
+        ("not_a_dict.pt", "not a dict"),
+        ("two_inputs.pt", "2 input(s)"),
+        ("output_not_tensor.pt", "not a tensor"),
+        ("three_outputs.pt", "3 outputs"),
+        ("truncated.pt", "truncated.pt"),
+        ("text.pt", "not a readable torch.save file"),
+        ("no_such_file.pt", "no_such_file.pt"),
+    ] {
+        let reference = d.join(file);
+        let r = weightmap(&[
+            "verify",
+            s(&good),
+            s(&d.join("target.pt")),
+            "--reference",
+            s(&reference),
+        ]);
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert_eq!(r.status.code(), Some(1), "{file}: {err}");
+        assert!(err.contains(s(&reference)), "{file}: {err}");
+        assert!(err.contains(says), "{file}: {err}");
+        assert!(r.stdout.is_empty(), "{file}: no report on an error");
+    }
+    // --reference brings its own inputs: --input with it is a usage error.
+    let r = weightmap(&[
+        "verify",
+        s(&good),
+        s(&d.join("target.pt")),
+        "--reference",
+        s(&d.join("io.pt")),
+        "--input",
+        "4x6",
+    ]);
+    assert_eq!(r.status.code(), Some(2));
 }

@@ -12,6 +12,11 @@
 //! file, or loaded from `source_checkpoint`), the target runs with the adapted checkpoint,
 //! both on the same seeded inputs; they agree when every output element is within
 //! `tolerance` (absolute plus relative, as `torch.allclose(atol=rtol=tolerance)`).
+//!
+//! With a reference ([`reference`]), the target runs on the reference's inputs instead and
+//! each of its outputs is compared with the saved one under the same tolerance.
+
+pub mod reference;
 
 use crate::apply::{TensorData, CONVERSIONS_METADATA_KEY, TRANSFORMS_METADATA_KEY};
 use crate::device::Device;
@@ -60,6 +65,9 @@ pub struct VerifyOptions {
     pub mapping: Option<Mapping>,
     /// The device to run on.
     pub device: Option<Device>,
+    /// A reference file (see [`reference`]): its inputs replace `inputs`, and the target's
+    /// outputs must agree with its saved outputs.
+    pub reference: Option<PathBuf>,
 }
 
 /// A target tensor the checkpoint does not provide.
@@ -125,6 +133,36 @@ pub struct Comparison {
     pub pass: bool,
 }
 
+/// One output of the target compared with the reference's.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OutputCheck {
+    /// Position among the outputs (0 for a single one).
+    pub index: usize,
+    /// Shape of the target's output.
+    pub shape: Vec<i64>,
+    /// Shape of the reference output.
+    pub reference_shape: Vec<i64>,
+    /// Largest absolute difference (infinite when the shapes differ).
+    pub max_abs_diff: f64,
+    /// Cosine similarity of the flattened outputs (0 when the shapes differ).
+    pub cosine: f64,
+    /// Whether every element is within the tolerance.
+    pub pass: bool,
+}
+
+/// The check against a reference file (`verify --reference`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ReferenceCheck {
+    /// The reference file.
+    pub file: String,
+    /// The tolerance used (atol = rtol, as `torch.allclose`).
+    pub tolerance: f64,
+    /// One entry per reference output.
+    pub outputs: Vec<OutputCheck>,
+    /// Whether every output agrees.
+    pub pass: bool,
+}
+
 /// The result of [`verify`].
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct VerifyReport {
@@ -155,6 +193,8 @@ pub struct VerifyReport {
     pub forward_error: Option<String>,
     /// The output comparison, with a source model.
     pub comparison: Option<Comparison>,
+    /// The check against a reference file, with one.
+    pub reference: Option<ReferenceCheck>,
     /// Parameters that keep their initial values and are not allowed to (fails `strict`).
     pub uncovered_parameters: Vec<String>,
     /// Whether `strict` was asked for.
@@ -329,6 +369,12 @@ pub fn verify(
 ) -> Result<VerifyReport> {
     let device = options.device.unwrap_or(Device::Cpu);
     let checkpoint_path = PathBuf::from(&checkpoint.path);
+    // A bad reference file is refused before anything runs.
+    let reference = options
+        .reference
+        .as_deref()
+        .map(|p| reference::read(p).map(|r| (p, r)))
+        .transpose()?;
     let module = script_module(target, device)?;
     let load = load_into(&module, checkpoint, &checkpoint_path)?;
 
@@ -378,7 +424,9 @@ pub fn verify(
 
     // Forward on the given or default inputs.
     let tolerance = options.tolerance.unwrap_or(DEFAULT_TOLERANCE);
-    let candidates = if options.inputs.is_empty() {
+    let candidates = if options.reference.is_some() {
+        vec![]
+    } else if options.inputs.is_empty() {
         default_inputs(&module)
     } else {
         vec![options.inputs.clone()]
@@ -387,7 +435,13 @@ pub fn verify(
     let mut used_inputs = vec![];
     let mut output = None;
     let mut forward_error = None;
-    if candidates.is_empty() {
+    let mut reference_check = None;
+    if let Some((path, r)) = &reference {
+        let run = run_reference(&module, path, r, device, tolerance)?;
+        used_inputs = run.described;
+        reference_check = Some(run.check);
+        output = Some(run.output);
+    } else if candidates.is_empty() {
         forward_error = Some(format!(
             "cannot tell {}'s input from its first layer; pass --input (e.g. 1x3x224x224 or 1x16:i64:0-1000)",
             target.display()
@@ -397,7 +451,7 @@ pub fn verify(
         let inputs = make_inputs(specs, device)?;
         match module.forward(&inputs) {
             Ok(out) => {
-                used_inputs = specs.clone();
+                used_inputs = specs.iter().map(|s| s.to_string()).collect();
                 output = Some((out, inputs));
                 forward_error = None;
                 break;
@@ -462,6 +516,21 @@ pub fn verify(
             "{shape_mismatches} tensor(s) with mismatched shapes were not loaded"
         ));
     }
+    if let Some(r) = &reference_check {
+        for o in r.outputs.iter().filter(|o| !o.pass) {
+            failures.push(if o.shape != o.reference_shape {
+                format!(
+                    "output {} has shape {:?}, the reference {:?} ({})",
+                    o.index, o.shape, o.reference_shape, r.file
+                )
+            } else {
+                format!(
+                    "output {} differs from the reference: max abs diff {:.3e} > tolerance {:.1e} (cosine {:.6}; {})",
+                    o.index, o.max_abs_diff, r.tolerance, o.cosine, r.file
+                )
+            });
+        }
+    }
     if let Some(c) = &comparison {
         if !c.pass {
             failures.push(
@@ -497,14 +566,99 @@ pub fn verify(
         transformed,
         converted,
         computed,
-        inputs: used_inputs.iter().map(|s| s.to_string()).collect(),
+        inputs: used_inputs,
         output_shape,
         forward_error,
         comparison,
+        reference: reference_check,
         uncovered_parameters: uncovered,
         strict: options.strict,
         pass: failures.is_empty(),
         failures,
+    })
+}
+
+/// Describes an input tensor as `--input` would (`1x3x32x32:f32`).
+fn describe_input(t: &Tensor) -> String {
+    let shape: Vec<String> = t.size().iter().map(|d| d.to_string()).collect();
+    format!("{}:{:?}", shape.join("x"), t.kind())
+}
+
+/// What [`run_reference`] ran and found.
+struct ReferenceRun {
+    /// The output verify reports (the first compared) and the inputs it came from.
+    output: (Tensor, Vec<Tensor>),
+    /// The inputs, described.
+    described: Vec<String>,
+    /// The comparison.
+    check: ReferenceCheck,
+}
+
+/// Runs `module` on the reference's inputs and compares its outputs with the reference's.
+/// A forward that fails on these inputs, or returns fewer tensors than the
+/// reference lists, means the reference does not fit this target: an error, not a failed
+/// check.
+fn run_reference(
+    module: &ScriptModule,
+    path: &Path,
+    r: &reference::Reference,
+    device: Device,
+    tolerance: f64,
+) -> Result<ReferenceRun> {
+    let td = crate::libtorch::tch_device(device);
+    let inputs: Vec<Tensor> = r.inputs.iter().map(|t| t.to_device(td)).collect();
+    let described: Vec<String> = r.inputs.iter().map(describe_input).collect();
+    let doesnt_fit = |message: String| Error::Mismatch {
+        context: format!("{} with {}", path.display(), module.path().display()),
+        message,
+    };
+    let outputs = if r.output_is_list {
+        module.forward_all(&inputs)
+    } else {
+        module.forward(&inputs).map(|t| vec![t])
+    }
+    .map_err(|e| {
+        doesnt_fit(format!(
+            "the target does not run on the reference's {} input(s) ({}): {e}",
+            inputs.len(),
+            described.join(", ")
+        ))
+    })?;
+    if outputs.len() < r.outputs.len() {
+        return Err(doesnt_fit(format!(
+            "the reference lists {} outputs, the target's forward returns {} tensor(s)",
+            r.outputs.len(),
+            outputs.len()
+        )));
+    }
+    let mut checks = vec![];
+    for (index, (out, want)) in outputs.iter().zip(&r.outputs).enumerate() {
+        let out = out.to_device(tch::Device::Cpu);
+        let (max_abs_diff, cosine, pass) = if out.size() == want.size() {
+            compare(&out, want, tolerance)
+        } else {
+            (f64::INFINITY, 0.0, false)
+        };
+        checks.push(OutputCheck {
+            index,
+            shape: out.size(),
+            reference_shape: want.size(),
+            max_abs_diff,
+            cosine,
+            pass,
+        });
+    }
+    let check = ReferenceCheck {
+        file: path.display().to_string(),
+        tolerance,
+        pass: checks.iter().all(|c| c.pass),
+        outputs: checks,
+    };
+    let first = outputs.into_iter().next().expect("at least one output");
+    Ok(ReferenceRun {
+        output: (first, inputs),
+        described,
+        check,
     })
 }
 

@@ -8,6 +8,7 @@ mod architecture;
 mod engine;
 #[cfg(feature = "libtorch")]
 mod export;
+mod json_schema;
 #[cfg(feature = "libtorch")]
 mod overrides;
 mod read;

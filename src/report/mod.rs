@@ -3,5 +3,6 @@
 pub mod explain;
 pub mod html;
 pub mod inspect;
+pub mod patterns;
 pub mod terminal;
 pub mod tree;

@@ -11,6 +11,7 @@ mod export;
 mod json_schema;
 #[cfg(feature = "libtorch")]
 mod overrides;
+mod patterns;
 mod read;
 
 #[cfg(feature = "libtorch")]

@@ -41,6 +41,9 @@ pub struct TreeOptions {
     pub depth: Option<usize>,
     /// ANSI colors.
     pub color: bool,
+    /// Widest line in character cells (`None`: as wide as the lines are); longer lines
+    /// are cut with `…`, and side by side, the two trees share it.
+    pub width: Option<usize>,
 }
 
 /// The pairs of a mapping result, as indices (pairs whose names are not in the specs
@@ -169,29 +172,83 @@ pub fn badge(t: &TensorInfo) -> String {
     }
 }
 
-/// A line of text and its width in character cells without escape codes.
+/// How a segment of a line is painted (adds escape codes only).
+type Paint = Box<dyn Fn(&str) -> String>;
+
+/// A line of text as painted segments; its width counts character cells without escape
+/// codes, so that it can be cut to a terminal's width and stay colored.
 struct Line {
-    text: String,
+    segments: Vec<(String, Paint)>,
     width: usize,
 }
+
+/// Marks where a line was cut to fit the width.
+const CUT_MARK: char = '…';
 
 impl Line {
     fn new() -> Line {
         Line {
-            text: String::new(),
+            segments: Vec::new(),
             width: 0,
         }
     }
 
     /// Appends `plain` painted by `paint` (which must only add escape codes).
-    fn push(&mut self, plain: &str, paint: impl Fn(&str) -> String) {
+    fn push(&mut self, plain: &str, paint: impl Fn(&str) -> String + 'static) {
         self.width += plain.chars().count();
-        self.text.push_str(&paint(plain));
+        self.segments.push((plain.to_string(), Box::new(paint)));
     }
 
     fn plain(&mut self, plain: &str) {
         self.push(plain, str::to_string);
     }
+
+    /// The painted text, cut to at most `limit` cells (the last one then `…`), and its
+    /// width in cells.
+    fn render(&self, limit: Option<usize>) -> (String, usize) {
+        let limit = limit.unwrap_or(usize::MAX);
+        let mut out = String::new();
+        if self.width <= limit {
+            for (plain, paint) in &self.segments {
+                out.push_str(&paint(plain));
+            }
+            return (out, self.width);
+        }
+        let mut room = limit.saturating_sub(1);
+        for (plain, paint) in &self.segments {
+            let n = plain.chars().count();
+            if n <= room {
+                out.push_str(&paint(plain));
+                room -= n;
+                continue;
+            }
+            let cut: String = plain.chars().take(room).collect();
+            out.push_str(&paint(&format!("{cut}{CUT_MARK}")));
+            return (out, limit);
+        }
+        (out, limit)
+    }
+}
+
+/// Children in the order of the file, but for numbered siblings (`0`, `1`, ... `10`), which
+/// keep their places among the others and take them in numeric order: a file sorted by
+/// name lists `layers.10` before `layers.2`, a model never does.
+fn ordered_children(node: &ModuleNode) -> Vec<&ModuleNode> {
+    let mut kids: Vec<&ModuleNode> = node.children.iter().collect();
+    let number = |n: &ModuleNode| -> Option<u128> {
+        (!n.name.is_empty() && n.name.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| n.name.parse().ok())
+            .flatten()
+    };
+    let slots: Vec<usize> = (0..kids.len())
+        .filter(|&i| number(kids[i]).is_some())
+        .collect();
+    let mut numbered: Vec<&ModuleNode> = slots.iter().map(|&i| kids[i]).collect();
+    numbered.sort_by_key(|n| number(n));
+    for (slot, n) in slots.into_iter().zip(numbered) {
+        kids[slot] = n;
+    }
+    kids
 }
 
 /// How much of a module's subtree is matched, and where it went.
@@ -305,11 +362,11 @@ impl Side<'_> {
         }
         let st = self.style;
         if total > 0 && matched == total {
-            line.push(MARK_MATCHED, |s| st.green(s));
+            line.push(MARK_MATCHED, move |s| st.green(s));
         } else if matched > 0 {
-            line.push(MARK_PARTIAL, |s| st.yellow(s));
+            line.push(MARK_PARTIAL, move |s| st.yellow(s));
         } else {
-            line.push(MARK_UNMATCHED, |s| st.red(s));
+            line.push(MARK_UNMATCHED, move |s| st.red(s));
         }
         line.plain(" ");
     }
@@ -325,20 +382,20 @@ impl Side<'_> {
         } else {
             node.name.as_str()
         };
-        line.push(name, |s| st.bold(s));
+        line.push(name, move |s| st.bold(s));
         if folded {
             let text = match self.counterpart {
                 Some(_) => format!("  ({} tensors, {} matched)", stats.tensors, stats.matched),
                 None => format!("  ({} tensors)", stats.tensors),
             };
-            line.push(&text, |s| st.dim(s));
+            line.push(&text, move |s| st.dim(s));
         } else {
             for &i in &node.tensors {
                 line.plain("  ");
                 let t = &self.spec.tensors[i];
                 let unmatched = self.counterpart.as_ref().is_some_and(|c| c[i].is_none());
                 if unmatched {
-                    line.push(&format!("{MARK_UNMATCHED}{}", badge(t)), |s| st.red(s));
+                    line.push(&format!("{MARK_UNMATCHED}{}", badge(t)), move |s| st.red(s));
                 } else {
                     line.plain(&badge(t));
                 }
@@ -346,12 +403,12 @@ impl Side<'_> {
         }
         if self.counterpart.is_some() {
             if let Some(shown) = stats.counterpart_text() {
-                line.push(&format!("  → {shown}"), |s| st.cyan(s));
+                line.push(&format!("  → {shown}"), move |s| st.cyan(s));
             }
             if stats.matched > 0 && stats.matched < stats.tensors {
                 line.push(
                     &format!("  {}/{} matched", stats.matched, stats.tensors),
-                    |s| st.yellow(s),
+                    move |s| st.yellow(s),
                 );
             }
         }
@@ -365,17 +422,52 @@ impl Side<'_> {
         if !root.tensors.is_empty() {
             out.push(self.module_line(&root, 0, false));
         }
-        let mut stack: Vec<(&ModuleNode, usize)> =
-            root.children.iter().rev().map(|c| (c, 0)).collect();
+        let mut stack: Vec<(&ModuleNode, usize)> = ordered_children(&root)
+            .into_iter()
+            .rev()
+            .map(|c| (c, 0))
+            .collect();
         while let Some((node, level)) = stack.pop() {
             let folded = depth.is_some_and(|d| level + 1 >= d) && !node.children.is_empty();
             out.push(self.module_line(node, level, folded));
             if !folded {
-                stack.extend(node.children.iter().rev().map(|c| (c, level + 1)));
+                stack.extend(
+                    ordered_children(node)
+                        .into_iter()
+                        .rev()
+                        .map(|c| (c, level + 1)),
+                );
             }
         }
         out
     }
+}
+
+/// `text` wrapped at spaces into lines of at most `width` cells (a word longer than that
+/// is cut with `…`).
+fn wrap(text: &str, width: Option<usize>) -> Vec<String> {
+    let Some(width) = width.filter(|&w| text.chars().count() > w) else {
+        return vec![text.to_string()];
+    };
+    let width = width.max(2);
+    let mut lines: Vec<String> = Vec::new();
+    let mut line = String::new();
+    for word in text.split(' ') {
+        let word: String = if word.chars().count() > width {
+            word.chars().take(width - 1).chain([CUT_MARK]).collect()
+        } else {
+            word.to_string()
+        };
+        if !line.is_empty() && line.chars().count() + 1 + word.chars().count() > width {
+            lines.push(std::mem::take(&mut line));
+        }
+        if !line.is_empty() {
+            line.push(' ');
+        }
+        line.push_str(&word);
+    }
+    lines.push(line);
+    lines
 }
 
 fn legend(mapped: bool) -> String {
@@ -399,15 +491,18 @@ pub fn render_tree(spec: &ModelSpec, opts: &TreeOptions) -> String {
         style,
     };
     let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "{}",
-        style.bold(&format!("{} ({} tensors)", spec.path, spec.tensors.len()))
+    let mut title = Line::new();
+    title.push(
+        &format!("{} ({} tensors)", spec.path, spec.tensors.len()),
+        move |s| style.bold(s),
     );
+    let _ = writeln!(out, "{}", title.render(opts.width).0);
     for l in side.lines(opts.depth) {
-        let _ = writeln!(out, "{}", l.text);
+        let _ = writeln!(out, "{}", l.render(opts.width).0);
     }
-    let _ = writeln!(out, "{}", style.dim(&legend(false)));
+    for l in wrap(&legend(false), opts.width) {
+        let _ = writeln!(out, "{}", style.dim(&l));
+    }
     out
 }
 
@@ -445,27 +540,41 @@ pub fn render_side_by_side(
     let mut lh = Line::new();
     lh.push(
         &format!("SOURCE {} ({} tensors)", source.path, source.tensors.len()),
-        |s| style.bold(s),
+        move |s| style.bold(s),
     );
     let mut rh = Line::new();
     rh.push(
         &format!("TARGET {} ({} tensors)", target.path, target.tensors.len()),
-        |s| style.bold(s),
+        move |s| style.bold(s),
     );
     l.insert(0, lh);
     r.insert(0, rh);
-    let width = l.iter().map(|x| x.width).max().unwrap_or(0);
+    // Both sides fit the width: each keeps what it needs when both fit, else the left
+    // gets at least half of the room and gives the right what it can spare.
+    let sep = COLUMN_SEPARATOR.chars().count();
+    let lw = l.iter().map(|x| x.width).max().unwrap_or(0);
+    let rw = r.iter().map(|x| x.width).max().unwrap_or(0);
+    let (left_width, right_limit) = match opts.width {
+        Some(total) if lw + sep + rw > total => {
+            let room = total.saturating_sub(sep).max(2);
+            let left = lw.min((room / 2).max(room.saturating_sub(rw))).max(1);
+            (left, Some(room.saturating_sub(left).max(1)))
+        }
+        _ => (lw, None),
+    };
     let mut out = String::new();
     for i in 0..l.len().max(r.len()) {
-        let (lt, lw) = l.get(i).map_or(("", 0), |x| (x.text.as_str(), x.width));
+        let (lt, lw) = l
+            .get(i)
+            .map_or((String::new(), 0), |x| x.render(Some(left_width)));
         let row = match r.get(i) {
             Some(x) => format!(
                 "{lt}{}{}{}",
-                " ".repeat(width - lw),
+                " ".repeat(left_width - lw),
                 style.dim(COLUMN_SEPARATOR),
-                x.text
+                x.render(right_limit).0
             ),
-            None => lt.to_string(),
+            None => lt,
         };
         let _ = writeln!(out, "{}", row.trim_end());
     }
@@ -475,15 +584,19 @@ pub fn render_side_by_side(
             .map_or(0, |v| v.iter().filter(|x| x.is_some()).count())
     };
     let (ms, mt) = (count(&left.counterpart), count(&right.counterpart));
-    let _ = writeln!(
-        out,
+    let summary = format!(
         "{matched} pairs; {} of {} source and {} of {} target tensors unmatched",
         source.tensors.len().saturating_sub(ms),
         source.tensors.len(),
         target.tensors.len().saturating_sub(mt),
         target.tensors.len()
     );
-    let _ = writeln!(out, "{}", style.dim(&legend(true)));
+    for l in wrap(&summary, opts.width) {
+        let _ = writeln!(out, "{l}");
+    }
+    for l in wrap(&legend(true), opts.width) {
+        let _ = writeln!(out, "{}", style.dim(&l));
+    }
     out
 }
 
@@ -552,7 +665,7 @@ mod tests {
             &pairs,
             &TreeOptions {
                 depth: Some(1),
-                color: false,
+                ..TreeOptions::default()
             },
         );
         assert!(
@@ -560,6 +673,108 @@ mod tests {
             "{folded}"
         );
         assert!(!folded.contains("conv"), "{folded}");
+    }
+
+    #[test]
+    fn numbered_siblings_in_numeric_order_among_the_others() {
+        let names: Vec<(String, Vec<i64>)> = [
+            "embed",
+            "layers.0",
+            "layers.1",
+            "layers.10",
+            "layers.2",
+            "norm",
+        ]
+        .iter()
+        .map(|m| (format!("{m}.weight"), vec![2]))
+        .collect();
+        let names: Vec<(&str, Vec<i64>)> =
+            names.iter().map(|(n, s)| (n.as_str(), s.clone())).collect();
+        let out = render_tree(&spec("s", &names), &TreeOptions::default());
+        let order: Vec<&str> = out
+            .lines()
+            .filter_map(|l| l.trim_start().split(' ').next())
+            .filter(|w| ["embed", "layers", "norm", "0", "1", "2", "10"].contains(w))
+            .collect();
+        assert_eq!(
+            order,
+            ["embed", "layers", "0", "1", "2", "10", "norm"],
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn lines_fit_the_width_and_keep_their_colors() {
+        let names: Vec<(String, Vec<i64>)> = (0..3)
+            .map(|i| {
+                (
+                    format!("encoder.blocks.{i}.attention.query_key_value.weight"),
+                    vec![96, 32],
+                )
+            })
+            .collect();
+        let names: Vec<(&str, Vec<i64>)> =
+            names.iter().map(|(n, s)| (n.as_str(), s.clone())).collect();
+        let s = spec(
+            "a/rather/long/path/to/the/source/checkpoint.safetensors",
+            &names,
+        );
+        let t = spec("t.safetensors", &[("qkv.weight", vec![96, 32])]);
+        let pairs = [TreePair {
+            source: 0,
+            target: 0,
+            score: None,
+        }];
+        for width in [30, 60, 80] {
+            for color in [false, true] {
+                let opts = TreeOptions {
+                    width: Some(width),
+                    color,
+                    ..TreeOptions::default()
+                };
+                for out in [
+                    render_side_by_side(&s, &t, &pairs, &opts),
+                    render_tree(&s, &opts),
+                ] {
+                    for line in out.lines() {
+                        let plain = strip_ansi(line);
+                        assert!(plain.chars().count() <= width, "{width}: {plain:?}");
+                    }
+                    if color {
+                        assert!(out.contains("\x1b["), "{out}");
+                    }
+                }
+            }
+        }
+        // Both sides start in the same column on every row.
+        let opts = TreeOptions {
+            width: Some(60),
+            ..TreeOptions::default()
+        };
+        let out = render_side_by_side(&s, &t, &pairs, &opts);
+        let columns: std::collections::BTreeSet<usize> = out
+            .lines()
+            .filter_map(|l| l.find(COLUMN_SEPARATOR).map(|b| l[..b].chars().count()))
+            .collect();
+        assert_eq!(columns.len(), 1, "{out}");
+        assert!(out.contains(CUT_MARK), "{out}");
+    }
+
+    fn strip_ansi(s: &str) -> String {
+        let mut out = String::new();
+        let mut chars = s.chars();
+        while let Some(c) = chars.next() {
+            if c == '\x1b' {
+                for d in chars.by_ref() {
+                    if d == 'm' {
+                        break;
+                    }
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        out
     }
 
     #[test]

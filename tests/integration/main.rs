@@ -13,6 +13,7 @@ mod json_schema;
 mod overrides;
 mod patterns;
 mod read;
+mod tree_width;
 
 #[cfg(feature = "libtorch")]
 mod apply;

@@ -40,6 +40,9 @@ struct Cut {
     values: Vec<u64>,
 }
 
+/// An input row's position and the values of its indices.
+type Member = (usize, Vec<u64>);
+
 /// Marks an index's place in a skeleton (not a character names contain).
 const SLOT: char = '\u{0}';
 
@@ -106,7 +109,7 @@ fn braces(values: &BTreeSet<u64>) -> String {
 pub fn collapse(rows: &[Vec<String>]) -> Vec<Collapsed> {
     // Group by skeleton, in order of first appearance.
     let mut order: Vec<Vec<String>> = Vec::new();
-    let mut groups: HashMap<Vec<String>, Vec<(usize, Vec<u64>)>> = HashMap::new();
+    let mut groups: HashMap<Vec<String>, Vec<Member>> = HashMap::new();
     for (i, row) in rows.iter().enumerate() {
         let cuts: Vec<Cut> = row.iter().map(|f| cut(f)).collect();
         let key: Vec<String> = cuts.iter().map(|c| c.skeleton.clone()).collect();
@@ -130,7 +133,7 @@ pub fn collapse(rows: &[Vec<String>]) -> Vec<Collapsed> {
 /// slot until each part is exactly every combination of its braces.
 fn split_into(
     skeleton: &[String],
-    members: Vec<(usize, Vec<u64>)>,
+    members: Vec<Member>,
     rows: &[Vec<String>],
     out: &mut Vec<Collapsed>,
 ) {
@@ -183,7 +186,7 @@ fn split_into(
             return;
         }
         let slot = variables[0][0];
-        let mut parts: Vec<(u64, Vec<(usize, Vec<u64>)>)> = Vec::new();
+        let mut parts: Vec<(u64, Vec<Member>)> = Vec::new();
         for m in members {
             match parts.iter_mut().find(|p| p.0 == m.1[slot]) {
                 Some(p) => p.1.push(m),

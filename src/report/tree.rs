@@ -81,9 +81,17 @@ pub fn pairs_from_result(
         .mappings
         .iter()
         .filter_map(|m| {
+            // A result names targets as written in their file (`model.` kept on HF
+            // targets), sources both ways: either is looked up.
+            let source = s_index
+                .get(m.source.as_str())
+                .or_else(|| by_original.get(m.source_original.as_str()))?;
+            let target = t_index
+                .get(m.target.as_str())
+                .or_else(|| t_by_original.get(m.target.as_str()))?;
             Some(TreePair {
-                source: *s_index.get(m.source.as_str())?,
-                target: *t_index.get(m.target.as_str())?,
+                source: *source,
+                target: *target,
                 score: Some(m.score),
             })
         })
@@ -173,10 +181,11 @@ pub fn badge(t: &TensorInfo) -> String {
 }
 
 /// How a segment of a line is painted (adds escape codes only).
-type Paint = Box<dyn Fn(&str) -> String>;
+type Paint = std::rc::Rc<dyn Fn(&str) -> String>;
 
 /// A line of text as painted segments; its width counts character cells without escape
 /// codes, so that it can be cut to a terminal's width and stay colored.
+#[derive(Clone)]
 struct Line {
     segments: Vec<(String, Paint)>,
     width: usize,
@@ -196,7 +205,8 @@ impl Line {
     /// Appends `plain` painted by `paint` (which must only add escape codes).
     fn push(&mut self, plain: &str, paint: impl Fn(&str) -> String + 'static) {
         self.width += plain.chars().count();
-        self.segments.push((plain.to_string(), Box::new(paint)));
+        self.segments
+            .push((plain.to_string(), std::rc::Rc::new(paint)));
     }
 
     fn plain(&mut self, plain: &str) {
@@ -415,12 +425,14 @@ impl Side<'_> {
         line
     }
 
-    /// The tree as lines, without recursion (module paths can be arbitrarily deep).
-    fn lines(&self, depth: Option<usize>) -> Vec<Line> {
+    /// The tree as lines, without recursion (module paths can be arbitrarily deep), with
+    /// numbered sibling modules that differ only in their indices collapsed ([`collapse`]).
+    /// The lines, and whether some modules were collapsed.
+    fn lines(&self, depth: Option<usize>) -> (Vec<Line>, bool) {
         let root = self.spec.module_tree();
-        let mut out = Vec::new();
+        let mut out: Vec<TreeLine> = Vec::new();
         if !root.tensors.is_empty() {
-            out.push(self.module_line(&root, 0, false));
+            out.push(self.tree_line(&root, 0, false));
         }
         let mut stack: Vec<(&ModuleNode, usize)> = ordered_children(&root)
             .into_iter()
@@ -429,7 +441,7 @@ impl Side<'_> {
             .collect();
         while let Some((node, level)) = stack.pop() {
             let folded = depth.is_some_and(|d| level + 1 >= d) && !node.children.is_empty();
-            out.push(self.module_line(node, level, folded));
+            out.push(self.tree_line(node, level, folded));
             if !folded {
                 stack.extend(
                     ordered_children(node)
@@ -439,8 +451,135 @@ impl Side<'_> {
                 );
             }
         }
-        out
+        collapse(out, self.style)
     }
+
+    fn tree_line(&self, node: &ModuleNode, level: usize, folded: bool) -> TreeLine {
+        TreeLine {
+            line: self.module_line(node, level, folded),
+            level,
+            // The name follows the indent, and the mark and its space when there is one.
+            name_segment: if self.counterpart.is_some() { 3 } else { 1 },
+            numbered: !node.name.is_empty() && node.name.bytes().all(|b| b.is_ascii_digit()),
+        }
+    }
+}
+
+/// A module's line with what [`collapse`] needs to know of it.
+#[derive(Clone)]
+struct TreeLine {
+    line: Line,
+    level: usize,
+    /// Which segment of `line` is the module's name.
+    name_segment: usize,
+    /// Whether the module's name is a number (a child of a ModuleList or Sequential).
+    numbered: bool,
+}
+
+/// Collapses sibling modules named by numbers whose subtrees read the same but for their
+/// indices (the 32 layers of a model, its 8 experts) into one subtree named by their
+/// pattern (`{0..31}`, `{0,2}`; [`crate::report::patterns`], whose notation the legend
+/// gives), followed by how many it stands for. Inside a collapsed block of one brace,
+/// alike numbered modules collapse again when that adds braces but no `{=K}` (so that
+/// every `{=K}` of the block still names the same brace).
+fn collapse(lines: Vec<TreeLine>, style: Style) -> (Vec<Line>, bool) {
+    let (out, collapsed) = collapse_runs(lines, style, true);
+    (out.into_iter().map(|l| l.line).collect(), collapsed)
+}
+
+/// [`collapse`] over `lines`; `ties`: whether a pattern may tie braces (`{=K}`).
+fn collapse_runs(lines: Vec<TreeLine>, style: Style, ties: bool) -> (Vec<TreeLine>, bool) {
+    let mut collapsed = false;
+    // Where each line's subtree ends (lines are in pre-order).
+    let mut end = vec![lines.len(); lines.len()];
+    let mut open: Vec<usize> = Vec::new();
+    for (i, l) in lines.iter().enumerate() {
+        while open.last().is_some_and(|&j| lines[j].level >= l.level) {
+            end[open.pop().expect("not empty")] = i;
+        }
+        open.push(i);
+    }
+    let mut out: Vec<TreeLine> = Vec::with_capacity(lines.len());
+    let mut i = 0;
+    while i < lines.len() {
+        // A run of numbered siblings at this level starts here.
+        let level = lines[i].level;
+        let mut run = Vec::new();
+        let mut j = i;
+        while j < lines.len() && lines[j].level == level && lines[j].numbered {
+            run.push(j);
+            j = end[j];
+        }
+        if run.len() < 2 {
+            out.push(lines[i].clone());
+            i += 1;
+            continue;
+        }
+        let rows: Vec<Vec<String>> = run
+            .iter()
+            .map(|&k| {
+                let mut fields = Vec::new();
+                for (n, l) in lines[k..end[k]].iter().enumerate() {
+                    for (s, (plain, _)) in l.line.segments.iter().enumerate() {
+                        fields.push(if n == 0 && s == l.name_segment {
+                            format!(".{plain}") // a dotted component, so an index
+                        } else {
+                            plain.clone()
+                        });
+                    }
+                }
+                fields
+            })
+            .collect();
+        for group in crate::report::patterns::collapse(&rows) {
+            let first = run[group.members[0]];
+            let tie_count = |fields: &[String]| -> usize {
+                fields.iter().map(|f| f.matches("{=").count()).sum()
+            };
+            if group.count() == 1
+                || (!ties && tie_count(&group.fields) > tie_count(&rows[group.members[0]]))
+            {
+                for &m in &group.members {
+                    let k = run[m];
+                    out.extend(lines[k..end[k]].iter().cloned());
+                }
+                continue;
+            }
+            collapsed = true;
+            let mut fields = group.fields.into_iter();
+            let mut block: Vec<TreeLine> = Vec::new();
+            for (n, l) in lines[first..end[first]].iter().enumerate() {
+                let mut line = Line::new();
+                for (s, (_, paint)) in l.line.segments.iter().enumerate() {
+                    let text = fields.next().expect("one field per segment");
+                    let paint = paint.clone();
+                    if n == 0 && s == l.name_segment {
+                        line.push(text.trim_start_matches('.'), move |x| paint(x));
+                        line.push(&format!("  {}×", group.members.len()), move |x| {
+                            style.dim(x)
+                        });
+                    } else {
+                        line.push(&text, move |x| paint(x));
+                    }
+                }
+                block.push(TreeLine { line, ..l.clone() });
+            }
+            let braces: usize = block
+                .iter()
+                .flat_map(|l| &l.line.segments)
+                .map(|(t, _)| t.matches('{').count() - t.matches("{=").count())
+                .sum();
+            let head = block.remove(0);
+            out.push(head);
+            if braces == 1 {
+                out.extend(collapse_runs(block, style, false).0);
+            } else {
+                out.extend(block);
+            }
+        }
+        i = j;
+    }
+    (out, collapsed)
 }
 
 /// `text` wrapped at spaces into lines of at most `width` cells (a word longer than that
@@ -470,8 +609,11 @@ fn wrap(text: &str, width: Option<usize>) -> Vec<String> {
     lines
 }
 
-fn legend(mapped: bool) -> String {
+fn legend(mapped: bool, collapsed: bool) -> String {
     let mut s = String::from("W weight, B bias, buf: buffer");
+    if collapsed {
+        s.push_str("; {0..3} N×: N numbered modules alike, {0,2} those, {=K} the K-th brace again");
+    }
     if mapped {
         let _ = write!(
             s,
@@ -497,10 +639,11 @@ pub fn render_tree(spec: &ModelSpec, opts: &TreeOptions) -> String {
         move |s| style.bold(s),
     );
     let _ = writeln!(out, "{}", title.render(opts.width).0);
-    for l in side.lines(opts.depth) {
+    let (lines, collapsed) = side.lines(opts.depth);
+    for l in lines {
         let _ = writeln!(out, "{}", l.render(opts.width).0);
     }
-    for l in wrap(&legend(false), opts.width) {
+    for l in wrap(&legend(false, collapsed), opts.width) {
         let _ = writeln!(out, "{}", style.dim(&l));
     }
     out
@@ -535,8 +678,8 @@ pub fn render_side_by_side(
         counterpart: Some(t_to_s),
         style,
     };
-    let mut l = left.lines(opts.depth);
-    let mut r = right.lines(opts.depth);
+    let (mut l, left_collapsed) = left.lines(opts.depth);
+    let (mut r, right_collapsed) = right.lines(opts.depth);
     let mut lh = Line::new();
     lh.push(
         &format!("SOURCE {} ({} tensors)", source.path, source.tensors.len()),
@@ -594,201 +737,12 @@ pub fn render_side_by_side(
     for l in wrap(&summary, opts.width) {
         let _ = writeln!(out, "{l}");
     }
-    for l in wrap(&legend(true), opts.width) {
+    for l in wrap(&legend(true, left_collapsed || right_collapsed), opts.width) {
         let _ = writeln!(out, "{}", style.dim(&l));
     }
     out
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::spec::Format;
-
-    fn spec(path: &str, names: &[(&str, Vec<i64>)]) -> ModelSpec {
-        ModelSpec::from_shapes(path, Format::SpecJson, names)
-    }
-
-    #[test]
-    fn common_module_is_the_shared_prefix() {
-        assert_eq!(common_module("a.b.c", "a.b.d"), "a.b");
-        assert_eq!(common_module("a.b", "a.b"), "a.b");
-        assert_eq!(common_module("x", "y"), "");
-    }
-
-    #[test]
-    fn side_by_side_marks_counterparts_and_unmatched() {
-        let s = spec(
-            "s",
-            &[
-                ("layer1.0.conv.weight", vec![4, 4]),
-                ("layer1.0.bn.running_mean", vec![4]),
-                ("head.bias", vec![3]),
-            ],
-        );
-        let t = spec(
-            "t",
-            &[
-                ("stages.0.block.conv.weight", vec![4, 4]),
-                ("stages.0.block.norm.running_mean", vec![4]),
-                ("fc.bias", vec![7]),
-            ],
-        );
-        let pairs = [
-            TreePair {
-                source: 0,
-                target: 0,
-                score: Some(1.0),
-            },
-            TreePair {
-                source: 1,
-                target: 1,
-                score: None,
-            },
-        ];
-        let out = render_side_by_side(&s, &t, &pairs, &TreeOptions::default());
-        assert!(out.contains("✓ layer1  → stages.0.block"), "{out}");
-        assert!(
-            out.contains("✓ conv  W[4,4]  → stages.0.block.conv"),
-            "{out}"
-        );
-        assert!(out.contains("buf:running_mean[4]"), "{out}");
-        assert!(out.contains("✗ head  ✗B[3]"), "{out}");
-        assert!(out.contains("│ ✓ stages  → layer1.0"), "{out}");
-        assert!(
-            out.contains("◐ (top level)") || !out.contains("(top level)"),
-            "{out}"
-        );
-        let folded = render_side_by_side(
-            &s,
-            &t,
-            &pairs,
-            &TreeOptions {
-                depth: Some(1),
-                ..TreeOptions::default()
-            },
-        );
-        assert!(
-            folded.contains("✓ layer1  (2 tensors, 2 matched)  → stages.0.block"),
-            "{folded}"
-        );
-        assert!(!folded.contains("conv"), "{folded}");
-    }
-
-    #[test]
-    fn numbered_siblings_in_numeric_order_among_the_others() {
-        let names: Vec<(String, Vec<i64>)> = [
-            "embed",
-            "layers.0",
-            "layers.1",
-            "layers.10",
-            "layers.2",
-            "norm",
-        ]
-        .iter()
-        .map(|m| (format!("{m}.weight"), vec![2]))
-        .collect();
-        let names: Vec<(&str, Vec<i64>)> =
-            names.iter().map(|(n, s)| (n.as_str(), s.clone())).collect();
-        let out = render_tree(&spec("s", &names), &TreeOptions::default());
-        let order: Vec<&str> = out
-            .lines()
-            .filter_map(|l| l.trim_start().split(' ').next())
-            .filter(|w| ["embed", "layers", "norm", "0", "1", "2", "10"].contains(w))
-            .collect();
-        assert_eq!(
-            order,
-            ["embed", "layers", "0", "1", "2", "10", "norm"],
-            "{out}"
-        );
-    }
-
-    #[test]
-    fn lines_fit_the_width_and_keep_their_colors() {
-        let names: Vec<(String, Vec<i64>)> = (0..3)
-            .map(|i| {
-                (
-                    format!("encoder.blocks.{i}.attention.query_key_value.weight"),
-                    vec![96, 32],
-                )
-            })
-            .collect();
-        let names: Vec<(&str, Vec<i64>)> =
-            names.iter().map(|(n, s)| (n.as_str(), s.clone())).collect();
-        let s = spec(
-            "a/rather/long/path/to/the/source/checkpoint.safetensors",
-            &names,
-        );
-        let t = spec("t.safetensors", &[("qkv.weight", vec![96, 32])]);
-        let pairs = [TreePair {
-            source: 0,
-            target: 0,
-            score: None,
-        }];
-        for width in [30, 60, 80] {
-            for color in [false, true] {
-                let opts = TreeOptions {
-                    width: Some(width),
-                    color,
-                    ..TreeOptions::default()
-                };
-                for out in [
-                    render_side_by_side(&s, &t, &pairs, &opts),
-                    render_tree(&s, &opts),
-                ] {
-                    for line in out.lines() {
-                        let plain = strip_ansi(line);
-                        assert!(plain.chars().count() <= width, "{width}: {plain:?}");
-                    }
-                    if color {
-                        assert!(out.contains("\x1b["), "{out}");
-                    }
-                }
-            }
-        }
-        // Both sides start in the same column on every row.
-        let opts = TreeOptions {
-            width: Some(60),
-            ..TreeOptions::default()
-        };
-        let out = render_side_by_side(&s, &t, &pairs, &opts);
-        let columns: std::collections::BTreeSet<usize> = out
-            .lines()
-            .filter_map(|l| l.find(COLUMN_SEPARATOR).map(|b| l[..b].chars().count()))
-            .collect();
-        assert_eq!(columns.len(), 1, "{out}");
-        assert!(out.contains(CUT_MARK), "{out}");
-    }
-
-    fn strip_ansi(s: &str) -> String {
-        let mut out = String::new();
-        let mut chars = s.chars();
-        while let Some(c) = chars.next() {
-            if c == '\x1b' {
-                for d in chars.by_ref() {
-                    if d == 'm' {
-                        break;
-                    }
-                }
-            } else {
-                out.push(c);
-            }
-        }
-        out
-    }
-
-    #[test]
-    fn single_tree_has_badges_and_no_marks() {
-        let s = spec(
-            "s",
-            &[("cls_token", vec![1, 1, 8]), ("blocks.0.fc.bias", vec![8])],
-        );
-        let out = render_tree(&s, &TreeOptions::default());
-        assert!(out.contains("(top level)  cls_token[1,1,8]"), "{out}");
-        assert!(out.contains("    fc  B[8]"), "{out}");
-        assert!(
-            !out.contains(MARK_MATCHED) && !out.contains(MARK_UNMATCHED),
-            "{out}"
-        );
-    }
-}
+#[path = "tree_tests.rs"]
+mod tests;

@@ -1,5 +1,6 @@
 //! The report stage: what weightmap shows people, as text and JSON.
 
+pub mod counts;
 pub mod explain;
 pub mod html;
 pub mod inspect;

@@ -379,38 +379,27 @@ fn write_summary(out: &mut String, r: &MappingResult, st: &Style) {
         r.mappings.len(),
         r.target.tensors
     );
+    let c = crate::report::counts::summary_counts(r);
     let unmatched = format!(
         "{} source, {} target",
-        r.unmatched_source.len(),
-        r.unmatched_target.len()
+        c.unmatched_source, c.unmatched_target
     );
-    let unmatched = if r.unmatched_source.is_empty() && r.unmatched_target.is_empty() {
+    let unmatched = if c.unmatched_source == 0 && c.unmatched_target == 0 {
         unmatched
     } else {
         st.yellow(&unmatched)
     };
     let _ = writeln!(out, "{}{unmatched}", label("unmatched"));
-    let count = |mark: &str| {
-        r.mappings
-            .iter()
-            .filter(|m| transform_mark(m) == mark)
-            .count()
-    };
-    let groups = r
-        .mappings
-        .iter()
-        .filter(|m| m.match_type == MatchType::Group)
-        .count();
     let _ = writeln!(
         out,
         "{}{} exact, {} transpose, {} reshape; {} need review; {} in groups, {} individual",
         label("marks"),
-        count("exact"),
-        count("transpose"),
-        count("reshape"),
-        r.needs_review(),
-        groups,
-        r.mappings.len() - groups
+        c.exact,
+        c.transpose,
+        c.reshape,
+        c.needs_review,
+        c.groups,
+        c.matched - c.groups
     );
     let _ = writeln!(
         out,

@@ -403,6 +403,7 @@ fn filter_counts_are_the_terminals_and_the_jsons() {
             ambiguous as u64,
             report["counts"]["ambiguous"].as_u64().unwrap()
         );
+        let review = report["counts"]["needs_review"].as_u64().unwrap();
         // The terminal's summary says the same.
         let text = crate::support::weightmap(&["map", src, tgt]);
         let text = String::from_utf8(text.stdout).unwrap();

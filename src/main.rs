@@ -39,7 +39,7 @@ enum Command {
     /// Load a checkpoint into a TorchScript target and run it.
     #[cfg(feature = "libtorch")]
     Verify(cli::verify::Args),
-    /// Show module hierarchies side by side.
+    /// Show module hierarchies side by side (fitted to `COLUMNS`, or the terminal's width).
     Tree(cli::tree::Args),
     /// Explain the score of one source tensor against its candidates.
     Explain(cli::explain::Args),

@@ -3,6 +3,7 @@
 use anyhow::Context;
 use std::path::{Path, PathBuf};
 use weightmap::apply::{self, ApplyOptions, Mapping, OutputFormat};
+use weightmap::format::json::versioned;
 use weightmap::pipeline::MapRequest;
 use weightmap::{read_model, ReadOptions};
 
@@ -115,7 +116,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     )
     .with_context(|| format!("writing {}", args.output.display()))?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&summary)?);
+        println!("{}", serde_json::to_string_pretty(&versioned(&summary)?)?);
     } else {
         println!(
             "wrote {} ({}, {} bytes)",

@@ -2,6 +2,7 @@
 //! alternatives lost.
 
 use std::path::PathBuf;
+use weightmap::format::json::versioned;
 use weightmap::mapping::did_you_mean;
 use weightmap::report::explain::{
     effective_weights, explain_to_text, ExplainOptions, DEFAULT_ALTERNATIVES,
@@ -60,7 +61,10 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
     }
     let explanation = mapper.explain(&args.name, &opts)?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&explanation)?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&versioned(&explanation)?)?
+        );
     } else {
         let text = explain_to_text(
             &explanation,

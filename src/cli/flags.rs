@@ -36,6 +36,35 @@ pub fn color_enabled() -> bool {
     !no_color && std::io::stdout().is_terminal()
 }
 
+/// Width that text fitted to a terminal takes: `COLUMNS` when set to a positive number,
+/// else the terminal's width when standard output is one (80 if it does not say), else
+/// none (output piped to a file or a program is never cut).
+pub fn output_width() -> Option<usize> {
+    if let Some(n) = std::env::var("COLUMNS")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|&n| n > 0)
+    {
+        return Some(n);
+    }
+    if !std::io::stdout().is_terminal() {
+        return None;
+    }
+    let mut size = libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCGWINSZ writes one winsize into the struct it is given, which lives here.
+    let ok = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut size) } == 0;
+    Some(if ok && size.ws_col > 0 {
+        usize::from(size.ws_col)
+    } else {
+        80
+    })
+}
+
 /// `--input`: the dummy inputs of a forward pass.
 #[derive(clap::Args, Debug, Clone)]
 pub struct InputFlags {

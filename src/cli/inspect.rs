@@ -1,6 +1,7 @@
 //! `weightmap inspect`: prints what a model file holds.
 
 use std::path::PathBuf;
+use weightmap::format::json::versioned;
 use weightmap::report::inspect::{to_json, to_text, TextOptions};
 
 /// Flags of `weightmap inspect`.
@@ -33,7 +34,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     let spec = weightmap::read_model(&args.file, &options)?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&to_json(&spec))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&versioned(&to_json(&spec))?)?
+        );
     } else {
         print!(
             "{}",

@@ -92,6 +92,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             serde_json::json!({"pairs": pairs, "notes": notes}),
         );
     }
+    if !report.is_null() {
+        report = weightmap::format::json::versioned(&report)?;
+    }
     if let Some(path) = &args.report {
         write_new(path, &report, &args)?;
     }

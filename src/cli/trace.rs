@@ -2,6 +2,7 @@
 
 use super::flags::{DeviceFlag, InputFlags};
 use std::path::PathBuf;
+use weightmap::format::json::versioned;
 use weightmap::trace::{self, ExecutionOrder};
 
 /// Flags of `weightmap trace`.
@@ -59,7 +60,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&order)?);
+        println!("{}", serde_json::to_string_pretty(&versioned(&order)?)?);
     } else {
         print!("{}", to_text(&args.model, &order));
     }

@@ -28,6 +28,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let opts = TreeOptions {
         depth: args.depth,
         color: super::flags::color_enabled(),
+        width: super::flags::output_width(),
     };
     if args.depth == Some(0) {
         anyhow::bail!(weightmap::Error::invalid(

@@ -4,6 +4,7 @@
 
 use super::flags::{DeviceFlag, InputFlags};
 use std::path::PathBuf;
+use weightmap::format::json::versioned;
 use weightmap::mapping::Mapping;
 use weightmap::verify::{self, VerifyOptions, VerifyReport};
 use weightmap::{read_model, ReadOptions};
@@ -84,7 +85,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     let report = verify::verify(&checkpoint, &args.target, &options)?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        println!("{}", serde_json::to_string_pretty(&versioned(&report)?)?);
     } else {
         print_report(&report);
     }

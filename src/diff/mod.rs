@@ -40,8 +40,8 @@ use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::path::Path;
 
-/// Version of the JSON written by [`DiffResult::to_json`].
-pub const SCHEMA_VERSION: u32 = 1;
+/// Version of the JSON written by [`DiffResult::to_json`]: the one shared by every `--json`.
+pub use crate::format::json::SCHEMA_VERSION;
 
 /// Options of [`diff`].
 #[derive(Debug, Clone, Default)]

@@ -84,6 +84,29 @@ pub fn from_slice(bytes: &[u8]) -> serde_json::Result<Value> {
     serde_json::from_slice::<Strict>(bytes).map(|s| s.0)
 }
 
+/// Version of every JSON document weightmap prints with `--json` (and of `map --report`):
+/// one number shared by all commands, raised when a field is removed, renamed or changes
+/// meaning in any of them; new fields may appear without a raise. The README documents the
+/// schemas of this version.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// `value` as a JSON object whose first key is `"schema_version"` ([`SCHEMA_VERSION`]);
+/// a value that is not an object is wrapped as `{"schema_version", "value"}`.
+pub fn versioned(value: &impl Serialize) -> serde_json::Result<Value> {
+    let mut out = serde_json::Map::new();
+    out.insert("schema_version".into(), SCHEMA_VERSION.into());
+    match serde_json::to_value(value)? {
+        Value::Object(fields) => {
+            // A document already versioned keeps one key, in the first place.
+            out.extend(fields.into_iter().filter(|(k, _)| k != "schema_version"));
+        }
+        other => {
+            out.insert("value".into(), other);
+        }
+    }
+    Ok(Value::Object(out))
+}
+
 /// Largest JSON file (index or model spec) read whole; model specs of 100k tensors are ~30 MB.
 pub const MAX_JSON_BYTES: u64 = 1 << 30;
 
@@ -129,6 +152,16 @@ pub fn write_json_checked(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn versioned_puts_schema_version_first_once() {
+        let v = versioned(&serde_json::json!({"a": 1, "schema_version": 7, "b": [2]})).unwrap();
+        let keys: Vec<&String> = v.as_object().unwrap().keys().collect();
+        assert_eq!(keys, ["schema_version", "a", "b"]);
+        assert_eq!(v["schema_version"], SCHEMA_VERSION);
+        let wrapped = versioned(&[1, 2]).unwrap();
+        assert_eq!(wrapped["value"], serde_json::json!([1, 2]));
+    }
 
     #[test]
     fn same_value_as_serde_json() {

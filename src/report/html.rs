@@ -322,6 +322,7 @@ pub fn report_data(
         "threshold": result.threshold,
         "weights": result.weights,
         "coverage": round4(result.coverage()),
+        "counts": crate::report::counts::summary_counts(result),
         "bands": {"good": SCORE_GOOD, "fair": SCORE_FAIR},
         "sub": {"name": [NAME_W_TOKENS, NAME_W_EDIT, NAME_W_SUBSTRING], "hier": [HIER_W_DEPTH, HIER_W_CONTEXT, HIER_W_ORDER]},
         "s": s_list,

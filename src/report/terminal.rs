@@ -379,38 +379,27 @@ fn write_summary(out: &mut String, r: &MappingResult, st: &Style) {
         r.mappings.len(),
         r.target.tensors
     );
+    let c = crate::report::counts::summary_counts(r);
     let unmatched = format!(
         "{} source, {} target",
-        r.unmatched_source.len(),
-        r.unmatched_target.len()
+        c.unmatched_source, c.unmatched_target
     );
-    let unmatched = if r.unmatched_source.is_empty() && r.unmatched_target.is_empty() {
+    let unmatched = if c.unmatched_source == 0 && c.unmatched_target == 0 {
         unmatched
     } else {
         st.yellow(&unmatched)
     };
     let _ = writeln!(out, "{}{unmatched}", label("unmatched"));
-    let count = |mark: &str| {
-        r.mappings
-            .iter()
-            .filter(|m| transform_mark(m) == mark)
-            .count()
-    };
-    let groups = r
-        .mappings
-        .iter()
-        .filter(|m| m.match_type == MatchType::Group)
-        .count();
     let _ = writeln!(
         out,
         "{}{} exact, {} transpose, {} reshape; {} need review; {} in groups, {} individual",
         label("marks"),
-        count("exact"),
-        count("transpose"),
-        count("reshape"),
-        r.needs_review(),
-        groups,
-        r.mappings.len() - groups
+        c.exact,
+        c.transpose,
+        c.reshape,
+        c.needs_review,
+        c.groups,
+        c.matched - c.groups
     );
     let _ = writeln!(
         out,
@@ -479,6 +468,9 @@ fn write_table(out: &mut String, rows: &[&Match], st: &Style) {
     }
 }
 
+/// The unmatched tensors, with names that differ only in indices (and reasons naming
+/// the same indices) collapsed into one line by [`crate::report::patterns`]: a count, the
+/// pattern with its shape, and the reason.
 fn write_unmatched(out: &mut String, title: &str, list: &[Unmatched], st: &Style) {
     let _ = writeln!(out);
     let _ = writeln!(out, "{}", st.bold(&format!("{title} ({})", list.len())));
@@ -486,13 +478,52 @@ fn write_unmatched(out: &mut String, title: &str, list: &[Unmatched], st: &Style
         let _ = writeln!(out, "  (none)");
         return;
     }
-    let names: Vec<String> = list
+    let rows: Vec<Vec<String>> = list
         .iter()
-        .map(|u| format!("{} {}", u.original_name, shape_text(&u.shape)))
+        .map(|u| {
+            vec![
+                format!("{} {}", u.original_name, shape_text(&u.shape)),
+                u.reason.describe(),
+            ]
+        })
         .collect();
-    let width = names.iter().map(|n| n.chars().count()).max().unwrap_or(0);
-    for (u, n) in list.iter().zip(&names) {
-        let _ = writeln!(out, "  {}  {}", pad(n, width), st.red(&u.reason.describe()));
+    let collapsed = crate::report::patterns::collapse(&rows);
+    let counted = collapsed.iter().any(|c| c.count() > 1);
+    let counts: Vec<String> = collapsed
+        .iter()
+        .map(|c| {
+            if c.count() > 1 {
+                format!("{}×", c.count())
+            } else {
+                String::new()
+            }
+        })
+        .collect();
+    let count_width = counts.iter().map(|c| c.chars().count()).max().unwrap_or(0);
+    let width = collapsed
+        .iter()
+        .map(|c| c.fields[0].chars().count())
+        .max()
+        .unwrap_or(0);
+    for (c, n) in collapsed.iter().zip(&counts) {
+        let lead = if counted {
+            format!("{:>count_width$} ", n)
+        } else {
+            String::new()
+        };
+        let _ = writeln!(
+            out,
+            "  {lead}{}  {}",
+            pad(&c.fields[0], width),
+            st.red(&c.fields[1])
+        );
+    }
+    if counted {
+        let _ = writeln!(
+            out,
+            "  {}",
+            st.dim("N× NAME: N tensors; {a..b} every index a to b, {a,b} those, {=K} the K-th brace again")
+        );
     }
 }
 

@@ -41,6 +41,9 @@ pub struct TreeOptions {
     pub depth: Option<usize>,
     /// ANSI colors.
     pub color: bool,
+    /// Widest line in character cells (`None`: as wide as the lines are); longer lines
+    /// are cut with `…`, and side by side, the two trees share it.
+    pub width: Option<usize>,
 }
 
 /// The pairs of a mapping result, as indices (pairs whose names are not in the specs
@@ -78,9 +81,17 @@ pub fn pairs_from_result(
         .mappings
         .iter()
         .filter_map(|m| {
+            // A result names targets as written in their file (`model.` kept on HF
+            // targets), sources both ways: either is looked up.
+            let source = s_index
+                .get(m.source.as_str())
+                .or_else(|| by_original.get(m.source_original.as_str()))?;
+            let target = t_index
+                .get(m.target.as_str())
+                .or_else(|| t_by_original.get(m.target.as_str()))?;
             Some(TreePair {
-                source: *s_index.get(m.source.as_str())?,
-                target: *t_index.get(m.target.as_str())?,
+                source: *source,
+                target: *target,
                 score: Some(m.score),
             })
         })
@@ -169,29 +180,85 @@ pub fn badge(t: &TensorInfo) -> String {
     }
 }
 
-/// A line of text and its width in character cells without escape codes.
+/// How a segment of a line is painted (adds escape codes only).
+type Paint = std::rc::Rc<dyn Fn(&str) -> String>;
+
+/// A line of text as painted segments; its width counts character cells without escape
+/// codes, so that it can be cut to a terminal's width and stay colored.
+#[derive(Clone)]
 struct Line {
-    text: String,
+    segments: Vec<(String, Paint)>,
     width: usize,
 }
+
+/// Marks where a line was cut to fit the width.
+const CUT_MARK: char = '…';
 
 impl Line {
     fn new() -> Line {
         Line {
-            text: String::new(),
+            segments: Vec::new(),
             width: 0,
         }
     }
 
     /// Appends `plain` painted by `paint` (which must only add escape codes).
-    fn push(&mut self, plain: &str, paint: impl Fn(&str) -> String) {
+    fn push(&mut self, plain: &str, paint: impl Fn(&str) -> String + 'static) {
         self.width += plain.chars().count();
-        self.text.push_str(&paint(plain));
+        self.segments
+            .push((plain.to_string(), std::rc::Rc::new(paint)));
     }
 
     fn plain(&mut self, plain: &str) {
         self.push(plain, str::to_string);
     }
+
+    /// The painted text, cut to at most `limit` cells (the last one then `…`), and its
+    /// width in cells.
+    fn render(&self, limit: Option<usize>) -> (String, usize) {
+        let limit = limit.unwrap_or(usize::MAX);
+        let mut out = String::new();
+        if self.width <= limit {
+            for (plain, paint) in &self.segments {
+                out.push_str(&paint(plain));
+            }
+            return (out, self.width);
+        }
+        let mut room = limit.saturating_sub(1);
+        for (plain, paint) in &self.segments {
+            let n = plain.chars().count();
+            if n <= room {
+                out.push_str(&paint(plain));
+                room -= n;
+                continue;
+            }
+            let cut: String = plain.chars().take(room).collect();
+            out.push_str(&paint(&format!("{cut}{CUT_MARK}")));
+            return (out, limit);
+        }
+        (out, limit)
+    }
+}
+
+/// Children in the order of the file, but for numbered siblings (`0`, `1`, ... `10`), which
+/// keep their places among the others and take them in numeric order: a file sorted by
+/// name lists `layers.10` before `layers.2`, a model never does.
+fn ordered_children(node: &ModuleNode) -> Vec<&ModuleNode> {
+    let mut kids: Vec<&ModuleNode> = node.children.iter().collect();
+    let number = |n: &ModuleNode| -> Option<u128> {
+        (!n.name.is_empty() && n.name.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| n.name.parse().ok())
+            .flatten()
+    };
+    let slots: Vec<usize> = (0..kids.len())
+        .filter(|&i| number(kids[i]).is_some())
+        .collect();
+    let mut numbered: Vec<&ModuleNode> = slots.iter().map(|&i| kids[i]).collect();
+    numbered.sort_by_key(|n| number(n));
+    for (slot, n) in slots.into_iter().zip(numbered) {
+        kids[slot] = n;
+    }
+    kids
 }
 
 /// How much of a module's subtree is matched, and where it went.
@@ -305,11 +372,11 @@ impl Side<'_> {
         }
         let st = self.style;
         if total > 0 && matched == total {
-            line.push(MARK_MATCHED, |s| st.green(s));
+            line.push(MARK_MATCHED, move |s| st.green(s));
         } else if matched > 0 {
-            line.push(MARK_PARTIAL, |s| st.yellow(s));
+            line.push(MARK_PARTIAL, move |s| st.yellow(s));
         } else {
-            line.push(MARK_UNMATCHED, |s| st.red(s));
+            line.push(MARK_UNMATCHED, move |s| st.red(s));
         }
         line.plain(" ");
     }
@@ -325,20 +392,20 @@ impl Side<'_> {
         } else {
             node.name.as_str()
         };
-        line.push(name, |s| st.bold(s));
+        line.push(name, move |s| st.bold(s));
         if folded {
             let text = match self.counterpart {
                 Some(_) => format!("  ({} tensors, {} matched)", stats.tensors, stats.matched),
                 None => format!("  ({} tensors)", stats.tensors),
             };
-            line.push(&text, |s| st.dim(s));
+            line.push(&text, move |s| st.dim(s));
         } else {
             for &i in &node.tensors {
                 line.plain("  ");
                 let t = &self.spec.tensors[i];
                 let unmatched = self.counterpart.as_ref().is_some_and(|c| c[i].is_none());
                 if unmatched {
-                    line.push(&format!("{MARK_UNMATCHED}{}", badge(t)), |s| st.red(s));
+                    line.push(&format!("{MARK_UNMATCHED}{}", badge(t)), move |s| st.red(s));
                 } else {
                     line.plain(&badge(t));
                 }
@@ -346,40 +413,207 @@ impl Side<'_> {
         }
         if self.counterpart.is_some() {
             if let Some(shown) = stats.counterpart_text() {
-                line.push(&format!("  → {shown}"), |s| st.cyan(s));
+                line.push(&format!("  → {shown}"), move |s| st.cyan(s));
             }
             if stats.matched > 0 && stats.matched < stats.tensors {
                 line.push(
                     &format!("  {}/{} matched", stats.matched, stats.tensors),
-                    |s| st.yellow(s),
+                    move |s| st.yellow(s),
                 );
             }
         }
         line
     }
 
-    /// The tree as lines, without recursion (module paths can be arbitrarily deep).
-    fn lines(&self, depth: Option<usize>) -> Vec<Line> {
+    /// The tree as lines, without recursion (module paths can be arbitrarily deep), with
+    /// numbered sibling modules that differ only in their indices collapsed ([`collapse`]).
+    /// The lines, and whether some modules were collapsed.
+    fn lines(&self, depth: Option<usize>) -> (Vec<Line>, bool) {
         let root = self.spec.module_tree();
-        let mut out = Vec::new();
+        let mut out: Vec<TreeLine> = Vec::new();
         if !root.tensors.is_empty() {
-            out.push(self.module_line(&root, 0, false));
+            out.push(self.tree_line(&root, 0, false));
         }
-        let mut stack: Vec<(&ModuleNode, usize)> =
-            root.children.iter().rev().map(|c| (c, 0)).collect();
+        let mut stack: Vec<(&ModuleNode, usize)> = ordered_children(&root)
+            .into_iter()
+            .rev()
+            .map(|c| (c, 0))
+            .collect();
         while let Some((node, level)) = stack.pop() {
             let folded = depth.is_some_and(|d| level + 1 >= d) && !node.children.is_empty();
-            out.push(self.module_line(node, level, folded));
+            out.push(self.tree_line(node, level, folded));
             if !folded {
-                stack.extend(node.children.iter().rev().map(|c| (c, level + 1)));
+                stack.extend(
+                    ordered_children(node)
+                        .into_iter()
+                        .rev()
+                        .map(|c| (c, level + 1)),
+                );
             }
         }
-        out
+        collapse(out, self.style)
+    }
+
+    fn tree_line(&self, node: &ModuleNode, level: usize, folded: bool) -> TreeLine {
+        TreeLine {
+            line: self.module_line(node, level, folded),
+            level,
+            // The name follows the indent, and the mark and its space when there is one.
+            name_segment: if self.counterpart.is_some() { 3 } else { 1 },
+            numbered: !node.name.is_empty() && node.name.bytes().all(|b| b.is_ascii_digit()),
+        }
     }
 }
 
-fn legend(mapped: bool) -> String {
+/// A module's line with what [`collapse`] needs to know of it.
+#[derive(Clone)]
+struct TreeLine {
+    line: Line,
+    level: usize,
+    /// Which segment of `line` is the module's name.
+    name_segment: usize,
+    /// Whether the module's name is a number (a child of a ModuleList or Sequential).
+    numbered: bool,
+}
+
+/// Collapses sibling modules named by numbers whose subtrees read the same but for their
+/// indices (the 32 layers of a model, its 8 experts) into one subtree named by their
+/// pattern (`{0..31}`, `{0,2}`; [`crate::report::patterns`], whose notation the legend
+/// gives), followed by how many it stands for. Inside a collapsed block of one brace,
+/// alike numbered modules collapse again when that adds braces but no `{=K}` (so that
+/// every `{=K}` of the block still names the same brace).
+fn collapse(lines: Vec<TreeLine>, style: Style) -> (Vec<Line>, bool) {
+    let (out, collapsed) = collapse_runs(lines, style, true);
+    (out.into_iter().map(|l| l.line).collect(), collapsed)
+}
+
+/// [`collapse`] over `lines`; `ties`: whether a pattern may tie braces (`{=K}`).
+fn collapse_runs(lines: Vec<TreeLine>, style: Style, ties: bool) -> (Vec<TreeLine>, bool) {
+    let mut collapsed = false;
+    // Where each line's subtree ends (lines are in pre-order).
+    let mut end = vec![lines.len(); lines.len()];
+    let mut open: Vec<usize> = Vec::new();
+    for (i, l) in lines.iter().enumerate() {
+        while open.last().is_some_and(|&j| lines[j].level >= l.level) {
+            end[open.pop().expect("not empty")] = i;
+        }
+        open.push(i);
+    }
+    let mut out: Vec<TreeLine> = Vec::with_capacity(lines.len());
+    let mut i = 0;
+    while i < lines.len() {
+        // A run of numbered siblings at this level starts here.
+        let level = lines[i].level;
+        let mut run = Vec::new();
+        let mut j = i;
+        while j < lines.len() && lines[j].level == level && lines[j].numbered {
+            run.push(j);
+            j = end[j];
+        }
+        if run.len() < 2 {
+            out.push(lines[i].clone());
+            i += 1;
+            continue;
+        }
+        let rows: Vec<Vec<String>> = run
+            .iter()
+            .map(|&k| {
+                let mut fields = Vec::new();
+                for (n, l) in lines[k..end[k]].iter().enumerate() {
+                    for (s, (plain, _)) in l.line.segments.iter().enumerate() {
+                        fields.push(if n == 0 && s == l.name_segment {
+                            format!(".{plain}") // a dotted component, so an index
+                        } else {
+                            plain.clone()
+                        });
+                    }
+                }
+                fields
+            })
+            .collect();
+        for group in crate::report::patterns::collapse(&rows) {
+            let first = run[group.members[0]];
+            let tie_count = |fields: &[String]| -> usize {
+                fields.iter().map(|f| f.matches("{=").count()).sum()
+            };
+            if group.count() == 1
+                || (!ties && tie_count(&group.fields) > tie_count(&rows[group.members[0]]))
+            {
+                for &m in &group.members {
+                    let k = run[m];
+                    out.extend(lines[k..end[k]].iter().cloned());
+                }
+                continue;
+            }
+            collapsed = true;
+            let mut fields = group.fields.into_iter();
+            let mut block: Vec<TreeLine> = Vec::new();
+            for (n, l) in lines[first..end[first]].iter().enumerate() {
+                let mut line = Line::new();
+                for (s, (_, paint)) in l.line.segments.iter().enumerate() {
+                    let text = fields.next().expect("one field per segment");
+                    let paint = paint.clone();
+                    if n == 0 && s == l.name_segment {
+                        line.push(text.trim_start_matches('.'), move |x| paint(x));
+                        line.push(&format!("  {}×", group.members.len()), move |x| {
+                            style.dim(x)
+                        });
+                    } else {
+                        line.push(&text, move |x| paint(x));
+                    }
+                }
+                block.push(TreeLine { line, ..l.clone() });
+            }
+            let braces: usize = block
+                .iter()
+                .flat_map(|l| &l.line.segments)
+                .map(|(t, _)| t.matches('{').count() - t.matches("{=").count())
+                .sum();
+            let head = block.remove(0);
+            out.push(head);
+            if braces == 1 {
+                out.extend(collapse_runs(block, style, false).0);
+            } else {
+                out.extend(block);
+            }
+        }
+        i = j;
+    }
+    (out, collapsed)
+}
+
+/// `text` wrapped at spaces into lines of at most `width` cells (a word longer than that
+/// is cut with `…`).
+fn wrap(text: &str, width: Option<usize>) -> Vec<String> {
+    let Some(width) = width.filter(|&w| text.chars().count() > w) else {
+        return vec![text.to_string()];
+    };
+    let width = width.max(2);
+    let mut lines: Vec<String> = Vec::new();
+    let mut line = String::new();
+    for word in text.split(' ') {
+        let word: String = if word.chars().count() > width {
+            word.chars().take(width - 1).chain([CUT_MARK]).collect()
+        } else {
+            word.to_string()
+        };
+        if !line.is_empty() && line.chars().count() + 1 + word.chars().count() > width {
+            lines.push(std::mem::take(&mut line));
+        }
+        if !line.is_empty() {
+            line.push(' ');
+        }
+        line.push_str(&word);
+    }
+    lines.push(line);
+    lines
+}
+
+fn legend(mapped: bool, collapsed: bool) -> String {
     let mut s = String::from("W weight, B bias, buf: buffer");
+    if collapsed {
+        s.push_str("; {0..3} N×: N numbered modules alike, {0,2} those, {=K} the K-th brace again");
+    }
     if mapped {
         let _ = write!(
             s,
@@ -399,15 +633,19 @@ pub fn render_tree(spec: &ModelSpec, opts: &TreeOptions) -> String {
         style,
     };
     let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "{}",
-        style.bold(&format!("{} ({} tensors)", spec.path, spec.tensors.len()))
+    let mut title = Line::new();
+    title.push(
+        &format!("{} ({} tensors)", spec.path, spec.tensors.len()),
+        move |s| style.bold(s),
     );
-    for l in side.lines(opts.depth) {
-        let _ = writeln!(out, "{}", l.text);
+    let _ = writeln!(out, "{}", title.render(opts.width).0);
+    let (lines, collapsed) = side.lines(opts.depth);
+    for l in lines {
+        let _ = writeln!(out, "{}", l.render(opts.width).0);
     }
-    let _ = writeln!(out, "{}", style.dim(&legend(false)));
+    for l in wrap(&legend(false, collapsed), opts.width) {
+        let _ = writeln!(out, "{}", style.dim(&l));
+    }
     out
 }
 
@@ -440,32 +678,46 @@ pub fn render_side_by_side(
         counterpart: Some(t_to_s),
         style,
     };
-    let mut l = left.lines(opts.depth);
-    let mut r = right.lines(opts.depth);
+    let (mut l, left_collapsed) = left.lines(opts.depth);
+    let (mut r, right_collapsed) = right.lines(opts.depth);
     let mut lh = Line::new();
     lh.push(
         &format!("SOURCE {} ({} tensors)", source.path, source.tensors.len()),
-        |s| style.bold(s),
+        move |s| style.bold(s),
     );
     let mut rh = Line::new();
     rh.push(
         &format!("TARGET {} ({} tensors)", target.path, target.tensors.len()),
-        |s| style.bold(s),
+        move |s| style.bold(s),
     );
     l.insert(0, lh);
     r.insert(0, rh);
-    let width = l.iter().map(|x| x.width).max().unwrap_or(0);
+    // Both sides fit the width: each keeps what it needs when both fit, else the left
+    // gets at least half of the room and gives the right what it can spare.
+    let sep = COLUMN_SEPARATOR.chars().count();
+    let lw = l.iter().map(|x| x.width).max().unwrap_or(0);
+    let rw = r.iter().map(|x| x.width).max().unwrap_or(0);
+    let (left_width, right_limit) = match opts.width {
+        Some(total) if lw + sep + rw > total => {
+            let room = total.saturating_sub(sep).max(2);
+            let left = lw.min((room / 2).max(room.saturating_sub(rw))).max(1);
+            (left, Some(room.saturating_sub(left).max(1)))
+        }
+        _ => (lw, None),
+    };
     let mut out = String::new();
     for i in 0..l.len().max(r.len()) {
-        let (lt, lw) = l.get(i).map_or(("", 0), |x| (x.text.as_str(), x.width));
+        let (lt, lw) = l
+            .get(i)
+            .map_or((String::new(), 0), |x| x.render(Some(left_width)));
         let row = match r.get(i) {
             Some(x) => format!(
                 "{lt}{}{}{}",
-                " ".repeat(width - lw),
+                " ".repeat(left_width - lw),
                 style.dim(COLUMN_SEPARATOR),
-                x.text
+                x.render(right_limit).0
             ),
-            None => lt.to_string(),
+            None => lt,
         };
         let _ = writeln!(out, "{}", row.trim_end());
     }
@@ -475,105 +727,22 @@ pub fn render_side_by_side(
             .map_or(0, |v| v.iter().filter(|x| x.is_some()).count())
     };
     let (ms, mt) = (count(&left.counterpart), count(&right.counterpart));
-    let _ = writeln!(
-        out,
+    let summary = format!(
         "{matched} pairs; {} of {} source and {} of {} target tensors unmatched",
         source.tensors.len().saturating_sub(ms),
         source.tensors.len(),
         target.tensors.len().saturating_sub(mt),
         target.tensors.len()
     );
-    let _ = writeln!(out, "{}", style.dim(&legend(true)));
+    for l in wrap(&summary, opts.width) {
+        let _ = writeln!(out, "{l}");
+    }
+    for l in wrap(&legend(true, left_collapsed || right_collapsed), opts.width) {
+        let _ = writeln!(out, "{}", style.dim(&l));
+    }
     out
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::spec::Format;
-
-    fn spec(path: &str, names: &[(&str, Vec<i64>)]) -> ModelSpec {
-        ModelSpec::from_shapes(path, Format::SpecJson, names)
-    }
-
-    #[test]
-    fn common_module_is_the_shared_prefix() {
-        assert_eq!(common_module("a.b.c", "a.b.d"), "a.b");
-        assert_eq!(common_module("a.b", "a.b"), "a.b");
-        assert_eq!(common_module("x", "y"), "");
-    }
-
-    #[test]
-    fn side_by_side_marks_counterparts_and_unmatched() {
-        let s = spec(
-            "s",
-            &[
-                ("layer1.0.conv.weight", vec![4, 4]),
-                ("layer1.0.bn.running_mean", vec![4]),
-                ("head.bias", vec![3]),
-            ],
-        );
-        let t = spec(
-            "t",
-            &[
-                ("stages.0.block.conv.weight", vec![4, 4]),
-                ("stages.0.block.norm.running_mean", vec![4]),
-                ("fc.bias", vec![7]),
-            ],
-        );
-        let pairs = [
-            TreePair {
-                source: 0,
-                target: 0,
-                score: Some(1.0),
-            },
-            TreePair {
-                source: 1,
-                target: 1,
-                score: None,
-            },
-        ];
-        let out = render_side_by_side(&s, &t, &pairs, &TreeOptions::default());
-        assert!(out.contains("✓ layer1  → stages.0.block"), "{out}");
-        assert!(
-            out.contains("✓ conv  W[4,4]  → stages.0.block.conv"),
-            "{out}"
-        );
-        assert!(out.contains("buf:running_mean[4]"), "{out}");
-        assert!(out.contains("✗ head  ✗B[3]"), "{out}");
-        assert!(out.contains("│ ✓ stages  → layer1.0"), "{out}");
-        assert!(
-            out.contains("◐ (top level)") || !out.contains("(top level)"),
-            "{out}"
-        );
-        let folded = render_side_by_side(
-            &s,
-            &t,
-            &pairs,
-            &TreeOptions {
-                depth: Some(1),
-                color: false,
-            },
-        );
-        assert!(
-            folded.contains("✓ layer1  (2 tensors, 2 matched)  → stages.0.block"),
-            "{folded}"
-        );
-        assert!(!folded.contains("conv"), "{folded}");
-    }
-
-    #[test]
-    fn single_tree_has_badges_and_no_marks() {
-        let s = spec(
-            "s",
-            &[("cls_token", vec![1, 1, 8]), ("blocks.0.fc.bias", vec![8])],
-        );
-        let out = render_tree(&s, &TreeOptions::default());
-        assert!(out.contains("(top level)  cls_token[1,1,8]"), "{out}");
-        assert!(out.contains("    fc  B[8]"), "{out}");
-        assert!(
-            !out.contains(MARK_MATCHED) && !out.contains(MARK_UNMATCHED),
-            "{out}"
-        );
-    }
-}
+#[path = "tree_tests.rs"]
+mod tests;

@@ -360,3 +360,73 @@ fn large_bench_case_renders_lazily_and_completely() {
     assert_eq!(result["target_rows"], 4403);
     screenshot(&browser, &page, "report_large.png");
 }
+
+/// The page's filters give the numbers the terminal summary and `map --json` give, with
+/// the same definitions (marks partition the mappings: an ambiguous transpose is
+/// ambiguous), on corpus cases with transposes, ambiguities and unmatched tensors.
+#[test]
+fn filter_counts_are_the_terminals_and_the_jsons() {
+    let Some(browser) = chromium() else { return };
+    let Some(cases) = crate::support::corpus_cases() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut checked = 0;
+    for case in cases {
+        let meta: Value =
+            serde_json::from_slice(&std::fs::read(case.join("case.json")).unwrap()).unwrap();
+        if meta["source"]["num_tensors"].as_u64().unwrap_or(u64::MAX) > 500 {
+            continue;
+        }
+        let (src, tgt) = (
+            case.join("source.safetensors"),
+            case.join("target_state.pth"),
+        );
+        let (src, tgt) = (src.to_str().unwrap(), tgt.to_str().unwrap());
+        let out = crate::support::weightmap(&["map", src, tgt, "--json"]);
+        assert!(out.status.success());
+        let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let mappings = report["mappings"].as_array().unwrap();
+        let ambiguous = mappings
+            .iter()
+            .filter(|m| !m["ambiguous"].is_null())
+            .count();
+        let transformed = mappings
+            .iter()
+            .filter(|m| !m["transform"].is_null() && m["ambiguous"].is_null())
+            .count();
+        let (us, ut) = (
+            report["counts"]["unmatched_source"].as_u64().unwrap(),
+            report["counts"]["unmatched_target"].as_u64().unwrap(),
+        );
+        assert_eq!(
+            ambiguous as u64,
+            report["counts"]["ambiguous"].as_u64().unwrap()
+        );
+        let review = report["counts"]["needs_review"].as_u64().unwrap();
+        // The terminal's summary says the same.
+        let text = crate::support::weightmap(&["map", src, tgt]);
+        let text = String::from_utf8(text.stdout).unwrap();
+        assert!(
+            text.contains(&format!("unmatched  {us} source, {ut} target")),
+            "{text}"
+        );
+        assert!(text.contains(&format!("; {review} need review;")), "{text}");
+
+        let page = dir.path().join(format!("{checked}.html"));
+        weightmap(&["report", src, tgt, "-o", page.to_str().unwrap()]);
+        let result = check_page(&browser, &page);
+        let labels = &result["filter_labels"];
+        assert_eq!(
+            labels["unmatched"],
+            format!("Unmatched ({us} source, {ut} target)")
+        );
+        assert_eq!(labels["ambiguous"], format!("Ambiguous ({ambiguous})"));
+        assert_eq!(
+            labels["transformed"],
+            format!("Transformed ({transformed})")
+        );
+        checked += 1;
+    }
+    assert!(checked > 0, "no corpus case small enough");
+}

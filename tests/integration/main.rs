@@ -8,9 +8,12 @@ mod architecture;
 mod engine;
 #[cfg(feature = "libtorch")]
 mod export;
+mod json_schema;
 #[cfg(feature = "libtorch")]
 mod overrides;
+mod patterns;
 mod read;
+mod tree_width;
 
 #[cfg(feature = "libtorch")]
 mod apply;

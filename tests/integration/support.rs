@@ -65,10 +65,12 @@ pub fn corpus_cases() -> Option<Vec<PathBuf>> {
     Some(cases)
 }
 
-/// Runs the binary in the repository root.
+/// Runs the binary in the repository root (with no `COLUMNS`, so text is never cut to
+/// the width of the terminal the tests run in).
 pub fn weightmap(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_weightmap"))
         .current_dir(repo())
+        .env_remove("COLUMNS")
         .args(args)
         .output()
         .expect("run weightmap")

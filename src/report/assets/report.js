@@ -14,11 +14,14 @@
   const MAX_SPREAD_SHOWN = 3;
   // Indentation per module level, in pixels.
   const INDENT = 16;
+  // Each filter: key, label, which tensor rows it shows, and its count as the terminal's
+  // summary gives it (D.counts, computed once in Rust by report::counts): the marks
+  // partition the mappings, so an ambiguous transpose is ambiguous, not transformed.
   const FILTERS = [
-    ['unmatched', 'Unmatched', (t) => !t.m],
-    ['low', 'Needs review', (t) => t.m && t.m.lo],
-    ['transformed', 'Transformed', (t) => t.m && t.m.tr !== 'exact'],
-    ['ambiguous', 'Ambiguous', (t) => t.m && !!t.m.am],
+    ['unmatched', 'Unmatched', (t) => !t.m, (c) => c.unmatched_source + ' source, ' + c.unmatched_target + ' target'],
+    ['low', 'Needs review', (t) => t.m && t.m.lo, (c) => String(c.needs_review)],
+    ['transformed', 'Transformed', (t) => t.m && t.m.tr !== 'exact' && !t.m.am, (c) => String(c.transpose + c.reshape)],
+    ['ambiguous', 'Ambiguous', (t) => t.m && !!t.m.am, (c) => String(c.ambiguous)],
   ];
 
   const $ = (id) => document.getElementById(id);
@@ -458,14 +461,13 @@
       s.appendChild(el('b', null, value));
       box.appendChild(s);
     };
-    const count = (f) => M.filter(f).length;
     add('source', D.source.path + ' (' + D.source.format + ', ' + D.source.tensors + ' tensors, ' + D.source.order.replace(/_/g, ' ') + ' order)');
     add('target', D.target.path + ' (' + D.target.format + ', ' + D.target.tensors + ' tensors, ' + D.target.order.replace(/_/g, ' ') + ' order)');
     add('matched', M.length + ' of ' + D.target.tensors + ' targets (' + (D.coverage * 100).toFixed(1) + '%)');
-    add('unmatched', D.us.length + ' source, ' + D.ut.length + ' target');
-    add('transposed', String(count((m) => m.tr === 'transpose')));
-    add('reshaped', String(count((m) => m.tr === 'reshape')));
-    add('ambiguous', String(count((m) => !!m.am)));
+    const c = D.counts;
+    add('unmatched', c.unmatched_source + ' source, ' + c.unmatched_target + ' target');
+    add('marks', c.exact + ' exact, ' + c.transpose + ' transpose, ' + c.reshape + ' reshape, ' + c.ambiguous + ' ambiguous');
+    add('needs review', String(c.needs_review));
     add('strategy', D.strategy + ', threshold ' + D.threshold.toFixed(2));
     add('weights', 'shape ' + D.weights.shape.toFixed(2) + ', name ' + D.weights.name.toFixed(2) + ', hierarchy ' + D.weights.hierarchy.toFixed(2));
     if (D.rel.length) add('many-to-one', D.rel.length + ' relation(s), tensors listed as unmatched');
@@ -483,8 +485,8 @@
       timer = setTimeout(() => setQuery(search.value), 150);
     });
     bar.appendChild(search);
-    for (const [key, label, test] of FILTERS) {
-      const n = S.tensors.filter(test).length + T.tensors.filter(test).length;
+    for (const [key, label, test, counted] of FILTERS) {
+      const n = counted(D.counts);
       const lab = el('label');
       const box = el('input');
       box.type = 'checkbox';
@@ -592,6 +594,8 @@
         active.delete(key);
         applyFilters();
       }
+      out.filter_labels = {};
+      for (const [key] of FILTERS) out.filter_labels[key] = $('filter-' + key).parentNode.textContent;
       out.rows_after_reset = rowCount();
       const filtersOk = out.search[1] === out.search[2] && Object.values(out.filters).every(([a, b]) => a === b) &&
         out.rows_after_reset === S.tensors.length + T.tensors.length;

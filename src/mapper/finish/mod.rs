@@ -68,7 +68,13 @@ pub(crate) struct State<'a> {
     /// Each side's tensors by shape key (see [`State::shape_peers`]), built the first time
     /// a reason is looked for: comparing shapes once per shape class, not once per pair.
     shape_index: std::sync::OnceLock<[HashMap<Vec<i64>, Vec<usize>>; 2]>,
+    /// Shape candidates by (source side, role, dtype class, shape), see
+    /// [`State::shape_candidates`].
+    reason_classes: std::sync::Mutex<ReasonClasses>,
 }
+
+/// The candidates of one class of tensors, by (source side, role, dtype class, shape).
+type ReasonClasses = HashMap<(bool, Role, &'static str, Vec<i64>), std::sync::Arc<Vec<usize>>>;
 
 /// What one round of leftover assignment found.
 struct Leftovers {
@@ -192,6 +198,7 @@ pub(crate) fn run<'a>(m: &'a Mapper, opts: &SuggestOptions) -> Result<(MappingRe
         #[cfg(feature = "libtorch")]
         features: Default::default(),
         shape_index: Default::default(),
+        reason_classes: Default::default(),
     };
     let relations: Vec<Found> = stacks
         .into_iter()

@@ -73,8 +73,10 @@ pub(crate) struct State<'a> {
     reason_classes: std::sync::Mutex<ReasonClasses>,
 }
 
-/// The candidates of one class of tensors, by (source side, role, dtype class, shape).
-type ReasonClasses = HashMap<(bool, Role, &'static str, Vec<i64>), std::sync::Arc<Vec<usize>>>;
+/// The candidates of one class of tensors, by (source side, active only, role, dtype
+/// class, shape).
+type ReasonClasses =
+    HashMap<(bool, bool, Role, &'static str, Vec<i64>), std::sync::Arc<Vec<usize>>>;
 
 /// What one round of leftover assignment found.
 struct Leftovers {
@@ -130,6 +132,7 @@ pub(crate) fn run<'a>(m: &'a Mapper, opts: &SuggestOptions) -> Result<(MappingRe
     } else {
         opts.threshold
     };
+    let mut clock = crate::progress::StageClock::start();
     let mut s_active: Vec<bool> = m.source.tensors.iter().map(|t| t.persistent).collect();
     let mut t_active: Vec<bool> = m.target.tensors.iter().map(|t| t.persistent).collect();
     // Pinned tensors leave the problem on both sides; the engine solves the rest.
@@ -172,6 +175,7 @@ pub(crate) fn run<'a>(m: &'a Mapper, opts: &SuggestOptions) -> Result<(MappingRe
     };
     let incompat = Incompat::new(&m.options.incompatible);
 
+    clock.lap("sides");
     // 2. Structure.
     let st = Progress::while_running("matching", || {
         let first = Matcher::new(&s, &t, use_names, &incompat, None).run();
@@ -205,6 +209,7 @@ pub(crate) fn run<'a>(m: &'a Mapper, opts: &SuggestOptions) -> Result<(MappingRe
         .chain(state.st.relations.iter().cloned())
         .collect();
 
+    clock.lap("structure");
     // 3. Tensor pairs from unit pairs.
     let mut pairs: Vec<TPair> = vec![];
     let mut missing_s: HashMap<usize, String> = HashMap::new();
@@ -302,6 +307,7 @@ pub(crate) fn run<'a>(m: &'a Mapper, opts: &SuggestOptions) -> Result<(MappingRe
         group: false,
     }));
 
+    clock.lap("scored");
     // 5. Transforms, orientation evidence, scores.
     let evidence = state.orientation_evidence(&pairs);
     let scored: Vec<(TPair, Option<Transform>, Option<String>, ScoreBreakdown)> = pairs
@@ -372,6 +378,7 @@ pub(crate) fn run<'a>(m: &'a Mapper, opts: &SuggestOptions) -> Result<(MappingRe
         .collect();
     progress.finish();
 
+    clock.lap("alternatives");
     // 6. Threshold and strategy.
     let mut rejected_s: HashMap<usize, UnmatchedReason> = HashMap::new();
     let mut rejected_t: HashMap<usize, UnmatchedReason> = HashMap::new();
@@ -539,6 +546,7 @@ pub(crate) fn run<'a>(m: &'a Mapper, opts: &SuggestOptions) -> Result<(MappingRe
         order: side.order_kind,
         stripped_prefixes: spec.stripped_prefixes.clone(),
     };
+    clock.lap("reasons");
     let result = MappingResult {
         source: summary(&m.source, &state.s),
         target: summary(&m.target, &state.t),

@@ -135,13 +135,30 @@ impl<'a> State<'a> {
     /// large model holds thousands of tensors of one class, each with tens of thousands
     /// of same-shape peers.
     fn shape_candidates(&self, i: usize, is_source: bool) -> std::sync::Arc<Vec<usize>> {
+        self.candidate_class(i, is_source, true)
+    }
+
+    /// The tensors of the other side that are candidates of tensor `i` (see
+    /// [`Self::shape_candidates`]), only the active ones when `active_only`; cached per class.
+    pub(super) fn candidate_class(
+        &self,
+        i: usize,
+        is_source: bool,
+        active_only: bool,
+    ) -> std::sync::Arc<Vec<usize>> {
         let (me, other) = if is_source {
             (&self.s, &self.t)
         } else {
             (&self.t, &self.s)
         };
         let f = &me.feats[i];
-        let key = (is_source, f.role, f.dtype_class, f.shape.clone());
+        let key = (
+            is_source,
+            active_only,
+            f.role,
+            f.dtype_class,
+            f.shape.clone(),
+        );
         if let Some(hit) = self
             .reason_classes
             .lock()
@@ -155,7 +172,7 @@ impl<'a> State<'a> {
             .into_iter()
             .filter(|&j| {
                 let g = &other.feats[j];
-                other.active[j]
+                (!active_only || other.active[j])
                     && if is_source {
                         candidate(f, g, self.allow_reshape)
                     } else {

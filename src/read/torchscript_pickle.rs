@@ -168,6 +168,9 @@ fn data_pickle(archive: &mut Archive) -> Result<pickle::Pickle> {
     pickle::parse(&bytes).map_err(|e| archive.corrupt(format!("data.pkl: {e}")))
 }
 
+/// A tensor view: storage key, offset, shape, strides, dtype.
+type View<'p> = (&'p str, u64, &'p [i64], &'p [i64], &'p str);
+
 /// One tensor of the module, in the shim's order.
 struct Found<'p> {
     name: String,
@@ -288,7 +291,7 @@ pub fn read_header(path: &Path) -> Result<ModelSpec> {
     let found = module_tensors(&mut archive, &p)?;
     // Ties as the shim marks them: the same tensor object, or the same non-empty view.
     let mut by_node: HashMap<u32, usize> = HashMap::new();
-    let mut by_view: HashMap<(&str, u64, &[i64], &[i64], &str), usize> = HashMap::new();
+    let mut by_view: HashMap<View, usize> = HashMap::new();
     let mut tensors = Vec::with_capacity(found.len());
     for (i, f) in found.iter().enumerate() {
         let t = f.tensor;

@@ -11,6 +11,7 @@ a few seconds for all cases. Each case is a folder:
   target.json                   the same network under another naming, as a model spec JSON
                                 (registration order, parameters and a non-persistent buffer)
   target.safetensors            the target's tensors as header-only safetensors (no order signal)
+  target_sharded/               the same, split into ~5 GB shards with an index
   target.order.json             the target's execution order, as `weightmap trace -o` writes it
                                 (a trace of the real target; norms run before their modules)
   case.json                     ground truth by construction, in the corpus's case.json layout
@@ -39,6 +40,9 @@ Families (real counts, checked at generation time):
                Target: Meta / mistral-src naming: tok_embeddings, layers.N.attention.wq/wk/
                wv/wo, attention.q_norm/k_norm, attention_norm, ffn_norm, feed_forward.gate,
                feed_forward.experts.E.w1/w2/w3, norm, output.
+  deepseek_v3_nomtp  the same source; the target drops the MTP layer as DeepSeek's conversion
+               does, so its 1,564 source tensors are listed in case.json's
+               unmapped_source_keys and must stay unmapped.
 Targets list modules in registration order (attention, feed-forward with the router after
 the experts, then the two norms), which differs from the source's alphabetical order, and
 add one non-persistent buffer (rotary `freqs_cis`) that has no source.
@@ -178,6 +182,11 @@ CASES = {
     "deepseek_v3_1k": ("deepseek_v3", None, dict(layers=5, dense=1, experts=32), None),
     "deepseek_v3_5k": ("deepseek_v3", None, dict(layers=14, dense=3, experts=64), None),
     "deepseek_v3_92k": ("deepseek_v3", 91991, dict(layers=61, dense=3, experts=256), 163),
+    # DeepSeek's own conversion (inference/convert.py) drops the multi-token-prediction
+    # layer: its 1,564 source tensors (at full size) have no counterpart in the target.
+    "deepseek_v3_nomtp_1k": ("deepseek_v3", None, dict(layers=5, dense=1, experts=32, drop_mtp=True), None),
+    "deepseek_v3_nomtp_5k": ("deepseek_v3", None, dict(layers=14, dense=3, experts=64, drop_mtp=True), None),
+    "deepseek_v3_nomtp_92k": ("deepseek_v3", 91991, dict(layers=61, dense=3, experts=256, drop_mtp=True), 163),
     "qwen3_moe_1k": ("qwen3_moe", None, dict(layers=18, experts=16), None),
     "qwen3_moe_5k": ("qwen3_moe", None, dict(layers=48, experts=32), None),
     "qwen3_moe_37k": ("qwen3_moe", 36945, dict(layers=94, experts=128), 118),
@@ -204,6 +213,21 @@ def write_safetensors(path, entries):
     return offset
 
 
+def write_sharded(folder, groups, total):
+    """Writes shards `model-0000K-of-0000M.safetensors` of rows (name, _, shape, dtype),
+    each header sorted by name, and the index whose weight_map is sorted too."""
+    for f in os.listdir(folder):
+        os.remove(os.path.join(folder, f))
+    weight_map = {}
+    for k, g in enumerate(groups):
+        fname = f"model-{k + 1:05d}-of-{len(groups):05d}.safetensors"
+        write_safetensors(os.path.join(folder, fname), [(r[0], r[3], r[2]) for r in sorted(g, key=lambda r: r[0])])
+        for r in g:
+            weight_map[r[0]] = fname
+    write_json(os.path.join(folder, "model.safetensors.index.json"),
+               {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))})
+
+
 def op_of(name, shape):
     """The op a trace would record as first taking the tensor."""
     if "embed" in name:
@@ -223,6 +247,8 @@ def write_json(path, value):
 
 def make_case(out, name, div, scale_leaf):
     family, expected, kwargs, real_shards = CASES[name]
+    kwargs = dict(kwargs)
+    drop_mtp = kwargs.pop("drop_mtp", False)
     if family == "deepseek_v3":
         net, extra = deepseek_v3(div=div, scale_leaf=scale_leaf, **kwargs)
     else:
@@ -233,8 +259,13 @@ def make_case(out, name, div, scale_leaf):
     names = [r[0] for r in rows]
     if len(set(names)) != len(names) or len({r[1] for r in rows}) != len(rows):
         sys.exit(f"{name}: duplicate names")
+    # Source tensors the target drops (the MTP layer, index `layers`): source only.
+    mtp = f"model.layers.{kwargs.get('layers')}."
+    dropped = [r for r in rows if drop_mtp and r[0].startswith(mtp)]
+    kept = [r for r in rows if not (drop_mtp and r[0].startswith(mtp))]
     d = os.path.join(out, name)
     os.makedirs(os.path.join(d, "source_sharded"), exist_ok=True)
+    os.makedirs(os.path.join(d, "target_sharded"), exist_ok=True)
 
     # Source, one file: header sorted by name, as Hugging Face writes it.
     src_sorted = sorted(rows, key=lambda r: r[0])
@@ -248,20 +279,10 @@ def make_case(out, name, div, scale_leaf):
     for r in rows:
         groups[min(int(acc / per), shards - 1)].append(r)
         acc += DTYPE_BYTES[r[3]] * math.prod(r[2])
-    sd = os.path.join(d, "source_sharded")
-    for f in os.listdir(sd):
-        os.remove(os.path.join(sd, f))
-    weight_map = {}
-    for k, g in enumerate(groups):
-        fname = f"model-{k + 1:05d}-of-{shards:05d}.safetensors"
-        write_safetensors(os.path.join(sd, fname), [(r[0], r[3], r[2]) for r in sorted(g, key=lambda r: r[0])])
-        for r in g:
-            weight_map[r[0]] = fname
-    write_json(os.path.join(sd, "model.safetensors.index.json"),
-               {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))})
+    write_sharded(os.path.join(d, "source_sharded"), groups, total)
 
     # Target: registration order; the rotary buffer first-level, non-persistent.
-    tgt = [(r[4], r[1], r[2], r[3], "parameter", True) for r in rows]
+    tgt = [(r[4], r[1], r[2], r[3], "parameter", True) for r in kept]
     tgt += [(o, n, s, dt, "buffer", False) for n, s, dt, o in extra]
     tgt.sort(key=lambda t: t[0])
     spec = {"tensors": [
@@ -271,7 +292,7 @@ def make_case(out, name, div, scale_leaf):
     # The target's execution order as `weightmap trace TARGET -o FILE` writes it: what a
     # trace of the real target model records (norms before their modules, the router
     # before its experts; the rotary buffer right after the embedding).
-    executed = sorted([(r[5], r[1], r[2]) for r in rows] + [(o, n, s) for n, s, _, o in extra])
+    executed = sorted([(r[5], r[1], r[2]) for r in kept] + [(o, n, s) for n, s, _, o in extra])
     write_json(os.path.join(d, "target.order.json"), {
         "mode": "dynamic",
         "device": "cpu",
@@ -280,7 +301,14 @@ def make_case(out, name, div, scale_leaf):
         "also_used": [],
     })
     persistent = sorted((t for t in tgt if t[5]), key=lambda t: t[1])
-    write_safetensors(os.path.join(d, "target.safetensors"), [(t[1], t[3], t[2]) for t in persistent])
+    target_total = write_safetensors(os.path.join(d, "target.safetensors"), [(t[1], t[3], t[2]) for t in persistent])
+    # Target, sharded: the state dict in registration order split into ~5 GB shards.
+    tshards = max(1, math.ceil(target_total / SHARD_BYTES))
+    groups, acc = [[] for _ in range(tshards)], 0
+    for t in (t for t in tgt if t[5]):
+        groups[min(int(acc / (target_total / tshards)), tshards - 1)].append((t[1], None, t[2], t[3]))
+        acc += DTYPE_BYTES[t[3]] * math.prod(t[2])
+    write_sharded(os.path.join(d, "target_sharded"), groups, target_total)
 
     write_json(os.path.join(d, "case.json"), {
         "name": name,
@@ -288,9 +316,9 @@ def make_case(out, name, div, scale_leaf):
                        f"hidden sizes divided by {div}; generated by scripts/make_scale_cases.py",
         "family": family,
         "counts": {"source": len(rows), "target": len(tgt), "shards": shards, "declared_bytes": total},
-        "ground_truth": {r[0]: r[1] for r in rows},
+        "ground_truth": {r[0]: r[1] for r in kept},
         "transforms": [],
-        "unmapped_source_keys": [],
+        "unmapped_source_keys": [r[0] for r in dropped],
         "target_only_keys": [n for n, _, _, _ in extra],
     })
     return len(rows), shards, total

@@ -154,12 +154,14 @@ pub struct Prepared {
 /// belongs to another model.
 pub fn prepare(request: &MapRequest) -> Result<Prepared> {
     request.validate()?;
+    let mut clock = crate::progress::StageClock::start();
     let source = read_model(&request.source, &request.read)?;
     let target_read = ReadOptions {
         state_dict_key: None,
         ..request.read.clone()
     };
     let target = read_model(&request.target, &target_read)?;
+    clock.lap("read");
     let mut warnings = Vec::new();
     let mut notes = Vec::new();
     for (side, spec) in [("source", &source), ("target", &target)] {
@@ -186,6 +188,7 @@ pub fn prepare(request: &MapRequest) -> Result<Prepared> {
         Some(file) => Some(order_from_file(file, &source)?),
         None => order_of(request, &request.source, &[], &mut warnings)?,
     };
+    clock.lap("order");
     let mut options = MapperOptions {
         target_order,
         source_order,
@@ -201,8 +204,10 @@ pub fn prepare(request: &MapRequest) -> Result<Prepared> {
         }
         options.constraints.pins.extend(pins);
     }
+    let mapper = Mapper::new(source, target, options)?;
+    clock.lap("prepare");
     Ok(Prepared {
-        mapper: Mapper::new(source, target, options)?,
+        mapper,
         warnings,
         notes,
     })

@@ -201,3 +201,31 @@ mod tests {
         p.finish();
     }
 }
+
+/// Wall times of a run's stages, printed to stderr as `timing: STAGE SECONDS` lines when
+/// the environment variable `WEIGHTMAP_TIMINGS` is set (the scale benchmark reads them);
+/// silent otherwise.
+#[derive(Debug)]
+pub struct StageClock {
+    last: Instant,
+    on: bool,
+}
+
+impl StageClock {
+    /// Starts timing the first stage.
+    pub fn start() -> Self {
+        StageClock {
+            last: Instant::now(),
+            on: std::env::var_os("WEIGHTMAP_TIMINGS").is_some(),
+        }
+    }
+
+    /// Ends `stage` (printing its time when enabled) and starts the next one.
+    pub fn lap(&mut self, stage: &str) {
+        let now = Instant::now();
+        if self.on {
+            eprintln!("timing: {stage} {:.3}", (now - self.last).as_secs_f64());
+        }
+        self.last = now;
+    }
+}

@@ -77,9 +77,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         (mapper.suggest_mapping(&request.suggest)?, None)
     };
 
+    let mut clock = weightmap::progress::StageClock::start();
     if let Some(path) = &args.output {
         write_new(path, &result.to_mapping_json(), &args)?;
     }
+    clock.lap("write");
     // The full report costs seconds on large models: built only when asked for.
     let mut report = if args.report.is_some() || args.json {
         result.to_report_json()

@@ -23,7 +23,6 @@ mod by_content;
 mod content;
 pub mod graph;
 mod html;
-mod torchscript;
 
 pub use by_content::{suggest_by_content, ContentMapping};
 pub use content::Stats;
@@ -159,12 +158,15 @@ pub fn diff(a: &Path, b: &Path, options: &DiffOptions) -> Result<DiffResult> {
 }
 
 /// Gives every tensor of `spec` the location of its values (TorchScript archives: from
-/// their pickle; checkpoints already have them).
+/// their pickle, when read through libtorch; checkpoints already have them).
 ///
 /// Errors: a model spec JSON, which has no values.
 pub(crate) fn locate_values(spec: &mut ModelSpec) -> Result<()> {
     match spec.format {
-        Format::TorchScript => torchscript::locate_tensors(spec),
+        // The header reader gives locations; a module loaded through libtorch has none.
+        Format::TorchScript if spec.tensors.iter().any(|t| t.location.is_none()) => {
+            crate::read::torchscript::locate_tensors(spec)
+        }
         Format::SpecJson => Err(crate::Error::Unsupported {
             path: spec.path.clone().into(),
             message: "a model spec has names and shapes but no values to compare; give a checkpoint, safetensors file or TorchScript model".into(),

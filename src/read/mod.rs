@@ -9,6 +9,7 @@
 mod spec_json;
 pub mod torchscript;
 pub mod torchscript_archive;
+mod torchscript_pickle;
 
 pub use spec_json::read_spec_json;
 pub use torchscript::script_module;

@@ -23,7 +23,9 @@
 use crate::error::{Error, Result};
 use crate::format::{pickle, torch_zip};
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::SystemTime;
 
 const FORMAT: &str = "TorchScript archive";
 
@@ -46,7 +48,24 @@ pub const MAX_CODE_CHAIN: usize = 1000;
 
 /// Checks the TorchScript archive at `path` against the limits of this module; an error
 /// names the file and the entry at fault.
+///
+/// An archive that passed is remembered (by path, size and modification time) for the rest
+/// of the process: reading a target and then loading it for its order checks it once.
 pub fn check(path: &Path) -> Result<()> {
+    static PASSED: Mutex<Vec<(PathBuf, u64, Option<SystemTime>)>> = Mutex::new(Vec::new());
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    let key = (path.to_path_buf(), meta.len(), meta.modified().ok());
+    if PASSED.lock().is_ok_and(|p| p.contains(&key)) {
+        return Ok(());
+    }
+    check_archive(path)?;
+    if let Ok(mut p) = PASSED.lock() {
+        p.push(key);
+    }
+    Ok(())
+}
+
+fn check_archive(path: &Path) -> Result<()> {
     let corrupt = |m: String| Error::corrupt(path, FORMAT, m);
     let (mut zip, layout) = torch_zip::open_layout(path)?;
     if layout.entries.len() > MAX_ENTRIES {

@@ -417,3 +417,55 @@ fn batched_search_maps_a_flattened_target_without_a_wrong_pair() {
         "{unmatched:?}"
     );
 }
+
+/// DeepSeek's own conversion drops the multi-token-prediction layer: its source tensors
+/// have no counterpart, reach the scored stage and must stay unmapped, on a single-file
+/// and a sharded safetensors target, while every other tensor maps right.
+#[test]
+fn a_dropped_layer_stays_unmapped_on_single_and_sharded_targets() {
+    let Some(dir) = make_cases("deepseek_v3_nomtp_1k") else {
+        return;
+    };
+    let d = dir.path().join("deepseek_v3_nomtp_1k");
+    let case: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.join("case.json")).unwrap()).unwrap();
+    let dropped: Vec<&str> = case["unmapped_source_keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k.as_str().unwrap())
+        .collect();
+    assert!(
+        dropped.len() > 100,
+        "the MTP layer is dropped: {}",
+        dropped.len()
+    );
+    let n = truth(&d).len();
+    let src = d.join("source_sharded/model.safetensors.index.json");
+    for target in [
+        d.join("target.safetensors"),
+        d.join("target_sharded/model.safetensors.index.json"),
+    ] {
+        let out = d.join("mapping.json");
+        let _ = std::fs::remove_file(&out);
+        let run = crate::support::weightmap(&[
+            "map",
+            crate::support::s(&src),
+            crate::support::s(&target),
+            "--target-order",
+            crate::support::s(&d.join("target.order.json")),
+            "-o",
+            crate::support::s(&out),
+            "--quiet",
+        ]);
+        assert!(run.status.success(), "{}: {run:?}", target.display());
+        let (right, wrong, unmapped) = score_mapping(&d, &out);
+        assert_eq!((right, wrong), (n, 0), "{}: {unmapped:?}", target.display());
+        let got: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+        let mapped: Vec<&&str> = dropped
+            .iter()
+            .filter(|s| got["mapping"].get(**s).is_some())
+            .collect();
+        assert!(mapped.is_empty(), "dropped tensors mapped: {mapped:?}");
+    }
+}

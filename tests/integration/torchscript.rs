@@ -66,6 +66,46 @@ fn reader_lists_the_state_dict_of_every_bench_target() {
     }
 }
 
+/// Every TorchScript archive at hand (the fixtures and each corpus target): the header
+/// reader, which never loads the module, lists exactly what libtorch's loader lists.
+#[test]
+fn header_reader_equals_the_loaded_module_on_every_archive() {
+    let models = root().join("models");
+    let mut files: Vec<std::path::PathBuf> = ["", "diff", "conversions/qkv_concat"]
+        .iter()
+        .flat_map(|d| std::fs::read_dir(models.join(d)).unwrap())
+        .map(|e| e.unwrap().path())
+        .chain(
+            ["experts_unstack", "experts_stack_transposed"]
+                .map(|c| models.join("conversions").join(c).join("target.pt")),
+        )
+        .filter(|p| p.extension().is_some_and(|x| x == "pt"))
+        .filter(|p| weightmap::read::detect_format(p).ok() == Some(Format::TorchScript))
+        .collect();
+    if let Some(cases) = crate::support::corpus_cases() {
+        files.extend(cases.iter().map(|c| c.join("target.pt")));
+    }
+    files.sort();
+    assert!(files.len() > 5, "{files:?}");
+    for path in &files {
+        let header = torchscript::read_header(path).unwrap_or_else(|e| panic!("{e}"));
+        let loaded = torchscript::read_loaded(path).unwrap();
+        let view = |s: &weightmap::ModelSpec| -> Vec<String> {
+            s.tensors
+                .iter()
+                .map(|t| {
+                    format!(
+                        "{} {:?} {} {:?} persistent={} tied_to={:?} @{}",
+                        t.name, t.shape, t.dtype, t.kind, t.persistent, t.tied_to, t.position
+                    )
+                })
+                .collect()
+        };
+        assert_eq!(view(&header), view(&loaded), "{}", path.display());
+        assert!(header.tensors.iter().all(|t| t.location.is_some()));
+    }
+}
+
 #[test]
 fn tensor_attributes_outside_the_state_dict_are_listed_not_persistent() {
     let fixtures = fixtures();

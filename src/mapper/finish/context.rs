@@ -111,6 +111,21 @@ impl<'a> State<'a> {
         }
     }
 
+    /// Whether target tensor `ti` is among [`Self::subtree_tensors`] of target node `b`.
+    fn in_subtree(&self, ti: usize, b: usize) -> bool {
+        let Some(u) = self.t.unit_of[ti] else {
+            return false;
+        };
+        let mut cur = Some(self.t.units[u].node);
+        while let Some(x) = cur {
+            if x == b {
+                return true;
+            }
+            cur = self.t.nodes[x].parent;
+        }
+        false
+    }
+
     /// Active target tensors in the subtree of target node `b`.
     pub(super) fn subtree_tensors(&self, b: usize) -> std::sync::Arc<Vec<usize>> {
         if let Some(v) = self
@@ -179,8 +194,17 @@ impl<'a> State<'a> {
         let scopes = self.matched_scopes(si);
         let mut chosen: Vec<usize> = vec![];
         let mut seen: HashSet<usize> = HashSet::new();
+        // The candidates of `si`'s class, for scopes larger than the class: the same
+        // tensors in the same (index) order as a scan of the scope, without the scan.
+        let class = self.candidate_class(si, true, false);
         'scopes: for b in scopes {
-            for &ti in self.subtree_tensors(b).iter() {
+            let subtree = self.subtree_tensors(b);
+            let in_scope: Box<dyn Iterator<Item = usize>> = if class.len() < subtree.len() {
+                Box::new(class.iter().copied().filter(|&ti| self.in_subtree(ti, b)))
+            } else {
+                Box::new(subtree.iter().copied())
+            };
+            for ti in in_scope {
                 if Some(ti) == exclude || seen.contains(&ti) {
                     continue;
                 }

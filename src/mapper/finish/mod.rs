@@ -70,7 +70,15 @@ pub(crate) struct State<'a> {
     /// Each side's tensors by shape key (see [`State::shape_peers`]), built the first time
     /// a reason is looked for: comparing shapes once per shape class, not once per pair.
     shape_index: std::sync::OnceLock<[HashMap<Vec<i64>, Vec<usize>>; 2]>,
+    /// Shape candidates by (source side, role, dtype class, shape), see
+    /// [`State::shape_candidates`].
+    reason_classes: std::sync::Mutex<ReasonClasses>,
 }
+
+/// The candidates of one class of tensors, by (source side, active only, role, dtype
+/// class, shape).
+type ReasonClasses =
+    HashMap<(bool, bool, Role, &'static str, Vec<i64>), std::sync::Arc<Vec<usize>>>;
 
 /// What one round of leftover assignment found.
 struct Leftovers {
@@ -129,6 +137,7 @@ pub(crate) fn run<'a>(m: &'a Mapper, opts: &SuggestOptions) -> Result<(MappingRe
     } else {
         opts.threshold
     };
+    let mut clock = crate::progress::StageClock::start();
     let mut s_active: Vec<bool> = m.source.tensors.iter().map(|t| t.persistent).collect();
     let mut t_active: Vec<bool> = m.target.tensors.iter().map(|t| t.persistent).collect();
     // Pinned tensors leave the problem on both sides; the engine solves the rest.
@@ -171,6 +180,7 @@ pub(crate) fn run<'a>(m: &'a Mapper, opts: &SuggestOptions) -> Result<(MappingRe
     };
     let incompat = Incompat::new(&m.options.incompatible);
 
+    clock.lap("sides");
     // 2. Structure.
     let st = Progress::while_running("matching", || {
         let first = Matcher::new(&s, &t, use_names, &incompat, None).run();
@@ -197,12 +207,14 @@ pub(crate) fn run<'a>(m: &'a Mapper, opts: &SuggestOptions) -> Result<(MappingRe
         #[cfg(feature = "libtorch")]
         features: Default::default(),
         shape_index: Default::default(),
+        reason_classes: Default::default(),
     };
     let relations: Vec<Found> = stacks
         .into_iter()
         .chain(state.st.relations.iter().cloned())
         .collect();
 
+    clock.lap("structure");
     // 3. Tensor pairs from unit pairs.
     let mut pairs: Vec<TPair> = vec![];
     let mut missing_s: HashMap<usize, String> = HashMap::new();
@@ -300,6 +312,7 @@ pub(crate) fn run<'a>(m: &'a Mapper, opts: &SuggestOptions) -> Result<(MappingRe
         group: false,
     }));
 
+    clock.lap("scored");
     // 5. Transforms, orientation evidence, scores.
     let evidence = state.orientation_evidence(&pairs);
     let scored: Vec<(TPair, Option<Transform>, Option<String>, ScoreBreakdown)> = pairs
@@ -407,6 +420,7 @@ pub(crate) fn run<'a>(m: &'a Mapper, opts: &SuggestOptions) -> Result<(MappingRe
         .collect();
     progress.finish();
 
+    clock.lap("alternatives");
     // 6. Threshold and strategy.
     let mut rejected_s: HashMap<usize, UnmatchedReason> = HashMap::new();
     let mut rejected_t: HashMap<usize, UnmatchedReason> = HashMap::new();
@@ -586,6 +600,7 @@ pub(crate) fn run<'a>(m: &'a Mapper, opts: &SuggestOptions) -> Result<(MappingRe
         order: side.order_kind,
         stripped_prefixes: spec.stripped_prefixes.clone(),
     };
+    clock.lap("reasons");
     let result = MappingResult {
         source: summary(&m.source, &state.s),
         target: summary(&m.target, &state.t),

@@ -129,6 +129,65 @@ impl<'a> State<'a> {
         peers
     }
 
+    /// The active tensors of the other side that are candidates of tensor `i` (role, dtype
+    /// class and shape, [`candidate`]), in index order. They depend on those three alone,
+    /// so each class is scanned once and shared by its tensors: the unmatched layer of a
+    /// large model holds thousands of tensors of one class, each with tens of thousands
+    /// of same-shape peers.
+    fn shape_candidates(&self, i: usize, is_source: bool) -> std::sync::Arc<Vec<usize>> {
+        self.candidate_class(i, is_source, true)
+    }
+
+    /// The tensors of the other side that are candidates of tensor `i` (see
+    /// [`Self::shape_candidates`]), only the active ones when `active_only`; cached per class.
+    pub(super) fn candidate_class(
+        &self,
+        i: usize,
+        is_source: bool,
+        active_only: bool,
+    ) -> std::sync::Arc<Vec<usize>> {
+        let (me, other) = if is_source {
+            (&self.s, &self.t)
+        } else {
+            (&self.t, &self.s)
+        };
+        let f = &me.feats[i];
+        let key = (
+            is_source,
+            active_only,
+            f.role,
+            f.dtype_class,
+            f.shape.clone(),
+        );
+        if let Some(hit) = self
+            .reason_classes
+            .lock()
+            .ok()
+            .and_then(|c| c.get(&key).cloned())
+        {
+            return hit;
+        }
+        let found: Vec<usize> = self
+            .shape_peers(&f.shape, is_source)
+            .into_iter()
+            .filter(|&j| {
+                let g = &other.feats[j];
+                (!active_only || other.active[j])
+                    && if is_source {
+                        candidate(f, g, self.allow_reshape)
+                    } else {
+                        candidate(g, f, self.allow_reshape)
+                    }
+                    .is_some()
+            })
+            .collect();
+        let found = std::sync::Arc::new(found);
+        if let Ok(mut c) = self.reason_classes.lock() {
+            c.insert(key, found.clone());
+        }
+        found
+    }
+
     /// Why an unmatched tensor with no recorded reason is unmatched.
     pub(super) fn open_reason(
         &self,
@@ -142,35 +201,22 @@ impl<'a> State<'a> {
         } else {
             (&self.t, &self.s)
         };
-        let f = &me.feats[i];
-        let mut any_shape = false;
-        let mut allowed: Vec<usize> = vec![];
-        for j in self.shape_peers(&f.shape, is_source) {
-            let g = &other.feats[j];
-            if !other.active[j] {
-                continue;
-            }
-            let c = if is_source {
-                candidate(f, g, self.allow_reshape)
-            } else {
-                candidate(g, f, self.allow_reshape)
-            };
-            if c.is_none() {
-                continue;
-            }
-            any_shape = true;
-            let (sn, tn) = if is_source {
-                (&self.s.spec.tensors[i].name, &self.t.spec.tensors[j].name)
-            } else {
-                (&self.s.spec.tensors[j].name, &self.t.spec.tensors[i].name)
-            };
-            if !self.incompat.forbidden(sn, tn) {
-                allowed.push(j);
-            }
-        }
-        if !any_shape {
+        let class = self.shape_candidates(i, is_source);
+        if class.is_empty() {
             return UnmatchedReason::NoShapeCandidate;
         }
+        let mut allowed: Vec<usize> = class
+            .iter()
+            .copied()
+            .filter(|&j| {
+                let (sn, tn) = if is_source {
+                    (&self.s.spec.tensors[i].name, &self.t.spec.tensors[j].name)
+                } else {
+                    (&self.s.spec.tensors[j].name, &self.t.spec.tensors[i].name)
+                };
+                !self.incompat.forbidden(sn, tn)
+            })
+            .collect();
         if allowed.is_empty() {
             return UnmatchedReason::IncompatibleComponent;
         }
@@ -179,10 +225,13 @@ impl<'a> State<'a> {
         if allowed.len() > MAX_REASON_CANDIDATES {
             let my_rank = me.rank[i];
             if let Some(r) = my_rank {
-                allowed.sort_by(|&a, &b| {
-                    let d = |k: usize| other.rank[k].map_or(f64::MAX, |x| (x - r).abs());
-                    d(a).total_cmp(&d(b))
-                });
+                // The nearest by rank, ties by index (`allowed` is in index order): the
+                // head of a stable sort, found in linear time.
+                let d = |k: usize| other.rank[k].map_or(f64::MAX, |x| (x - r).abs());
+                let by = |a: &usize, b: &usize| d(*a).total_cmp(&d(*b)).then(a.cmp(b));
+                allowed.select_nth_unstable_by(MAX_REASON_CANDIDATES, by);
+                allowed.truncate(MAX_REASON_CANDIDATES);
+                allowed.sort_by(by);
             }
             allowed.truncate(MAX_REASON_CANDIDATES);
         }

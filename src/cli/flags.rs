@@ -185,6 +185,7 @@ impl MappingFlags {
                 threshold: self.threshold,
                 strategy: self.strategy,
                 weights: self.weights.unwrap_or_default(),
+                alternatives: true,
             },
             rules: match &self.rules {
                 Some(path) => Some(weightmap::rules::Rules::load(path)?),

@@ -69,7 +69,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         refuse_existing(path, &args, args.force)?;
     }
     // Every flag is validated before anything is read.
-    let (request, mapper) = args.mapping.prepare(&args.source, &args.target)?;
+    let (mut request, mapper) = args.mapping.prepare(&args.source, &args.target)?;
+    // Alternatives of pairs decided by structure are for review: only the JSON report
+    // lists them (a scoring pass over every pair, seconds at 90k tensors).
+    request.suggest.alternatives = args.json || args.report.is_some();
     let (result, content) = if args.by_content {
         let c = weightmap::diff::suggest_by_content(&mapper, &request.suggest)?;
         (c.result, Some((c.by_content, c.notes)))

@@ -227,6 +227,11 @@ pub struct SuggestOptions {
     pub strategy: Strategy,
     /// Weights of the score parts.
     pub weights: ScoreWeights,
+    /// Whether every pair lists its best other targets ([`Match::alternatives`]). Pairs
+    /// decided by scores always do (their confidence is the margin to the runner-up); for
+    /// the others it is what a review shows, and costs a scoring pass over every pair:
+    /// `map` without `--json` or `--report` leaves it out.
+    pub alternatives: bool,
 }
 
 impl Default for SuggestOptions {
@@ -235,6 +240,7 @@ impl Default for SuggestOptions {
             threshold: DEFAULT_THRESHOLD,
             strategy: Strategy::BestMatch,
             weights: ScoreWeights::default(),
+            alternatives: true,
         }
     }
 }

@@ -232,3 +232,36 @@ fn needs_review_is_one_count_and_fail_on_stops_on_it() {
     assert_eq!(fail.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&fail.stderr).contains("tensors unmatched"));
 }
+
+/// `map` without `--json` or `--report` skips the alternatives of pairs decided by
+/// structure (a scoring pass over every pair); the mapping it writes is the same, and the
+/// JSON report still lists them.
+#[test]
+fn the_mapping_is_the_same_with_or_without_alternatives() {
+    let dir = repo().join("models/lookalikes/shortcut");
+    let tmp = tempfile::tempdir().unwrap();
+    let (plain, full, report) = (
+        tmp.path().join("plain.json"),
+        tmp.path().join("full.json"),
+        tmp.path().join("report.json"),
+    );
+    let (source, target) = (dir.join("source.pth"), dir.join("target.pt"));
+    for (out, extra) in [(&plain, None), (&full, Some(&report))] {
+        let mut args = vec!["map", s(&source), s(&target), "-o", s(out), "--quiet"];
+        if let Some(r) = extra {
+            args.extend(["--report", s(r)]);
+        }
+        let run = weightmap(&args);
+        assert!(run.status.success(), "{run:?}");
+    }
+    assert_eq!(
+        std::fs::read(&plain).unwrap(),
+        std::fs::read(&full).unwrap()
+    );
+    let report: Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert!(report["mappings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|m| m["resolution"] != "score" && !m["alternatives"].as_array().unwrap().is_empty()));
+}

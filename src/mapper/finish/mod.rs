@@ -349,7 +349,11 @@ pub(crate) fn run<'a>(m: &'a Mapper, opts: &SuggestOptions) -> Result<(MappingRe
         .par_iter()
         .map(|(p, transform, flag, b)| {
             progress.inc(1);
-            let alts = state.alternatives(p.s, p.t);
+            let alts = if opts.alternatives || p.resolution == Resolution::Score {
+                state.alternatives(p.s, p.t)
+            } else {
+                vec![]
+            };
             let mut flag = flag.clone();
             if weak_order && p.resolution == Resolution::Score && b.order.is_some() {
                 let own = b.total_without_order(&weights);

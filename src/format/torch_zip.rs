@@ -222,15 +222,31 @@ pub fn tensor_info(name: &str, t: &TensorRef, position: usize) -> TensorInfo {
 pub fn read_object(path: &Path) -> Result<(ArchiveLayout, Pickle)> {
     let corrupt = |m: String| Error::corrupt(path, FORMAT, m);
     let (mut zip, layout) = open_layout(path)?;
+    let data_pkl = read_data_pkl(path, &mut zip, &layout)?;
+    let pickle = pickle::parse(&data_pkl).map_err(|e| corrupt(format!("data.pkl: {e}")))?;
+    Ok((layout, pickle))
+}
+
+/// The bytes of an archive's `data.pkl`, refused past [`MAX_DATA_PKL_BYTES`] before any
+/// is read.
+fn read_data_pkl(
+    path: &Path,
+    zip: &mut zip::ZipArchive<std::fs::File>,
+    layout: &ArchiveLayout,
+) -> Result<Vec<u8>> {
+    let corrupt = |m: String| Error::corrupt(path, FORMAT, m);
     let pkl_index = layout
         .entries
         .iter()
         .position(|e| e.name == layout.entry_name("data.pkl"))
         .ok_or_else(|| corrupt("no data.pkl entry".into()))?;
-    let data_pkl = read_entry(&mut zip, pkl_index, MAX_DATA_PKL_BYTES)
-        .map_err(|m| corrupt(format!("data.pkl: {m}")))?;
-    let pickle = pickle::parse(&data_pkl).map_err(|e| corrupt(format!("data.pkl: {e}")))?;
-    Ok((layout, pickle))
+    if layout.entries[pkl_index].size > MAX_DATA_PKL_BYTES {
+        return Err(corrupt(format!(
+            "data.pkl declares {} bytes, more than the {MAX_DATA_PKL_BYTES}-byte limit",
+            layout.entries[pkl_index].size
+        )));
+    }
+    read_entry(zip, pkl_index, MAX_DATA_PKL_BYTES).map_err(|m| corrupt(format!("data.pkl: {m}")))
 }
 
 /// Tells a `torch.save` zip from a TorchScript archive by its entry names.
@@ -351,19 +367,7 @@ pub(crate) fn open_layout(path: &Path) -> Result<(zip::ZipArchive<std::fs::File>
 pub fn open(path: &Path, state_dict_key: Option<&str>) -> Result<TorchArchive> {
     let corrupt = |m: String| Error::corrupt(path, FORMAT, m);
     let (mut zip, layout) = open_layout(path)?;
-    let pkl_index = layout
-        .entries
-        .iter()
-        .position(|e| e.name == layout.entry_name("data.pkl"))
-        .ok_or_else(|| corrupt("no data.pkl entry".into()))?;
-    if layout.entries[pkl_index].size > MAX_DATA_PKL_BYTES {
-        return Err(corrupt(format!(
-            "data.pkl declares {} bytes, more than the {MAX_DATA_PKL_BYTES}-byte limit",
-            layout.entries[pkl_index].size
-        )));
-    }
-    let data_pkl = read_entry(&mut zip, pkl_index, MAX_DATA_PKL_BYTES)
-        .map_err(|m| corrupt(format!("data.pkl: {m}")))?;
+    let data_pkl = read_data_pkl(path, &mut zip, &layout)?;
     let byteorder = match layout
         .entries
         .iter()

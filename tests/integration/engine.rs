@@ -164,19 +164,25 @@ fn renamed_repeated_blocks_map_by_structure_and_indices() {
     }
 }
 
-#[test]
-fn file_order_does_not_decide_against_the_targets_registration_order() {
-    // The source's file order (registration order) against the target's execution order,
-    // where the target registered its two norms in the other order than it runs them: two
-    // libraries' registration habits would decide, so nothing is guessed.
-    let src = spec(
+/// A block of two same-shape norms around an attention weight, from a checkpoint (file
+/// order: input_ln, attn, post_ln).
+fn two_norms_from_a_checkpoint() -> ModelSpec {
+    spec(
         Format::TorchZip,
         &[
             ("blk.input_ln.weight", &[4]),
             ("blk.attn.w.weight", &[4, 6]),
             ("blk.post_ln.weight", &[4]),
         ],
-    );
+    )
+}
+
+#[test]
+fn file_order_does_not_decide_against_the_targets_registration_order() {
+    // The source's file order (registration order) against the target's execution order,
+    // where the target registered its two norms in the other order than it runs them: two
+    // libraries' registration habits would decide, so nothing is guessed.
+    let src = two_norms_from_a_checkpoint();
     let tgt = spec(
         Format::TorchScript,
         &[
@@ -221,14 +227,7 @@ fn file_order_does_not_decide_against_the_targets_registration_order() {
 fn execution_order_decides_look_alikes_without_index_names() {
     // Two norms of one shape whose names say nothing that ties them together; the target's
     // execution order and the source's file order agree.
-    let src = spec(
-        Format::TorchZip,
-        &[
-            ("blk.input_ln.weight", &[4]),
-            ("blk.attn.w.weight", &[4, 6]),
-            ("blk.post_ln.weight", &[4]),
-        ],
-    );
+    let src = two_norms_from_a_checkpoint();
     let tgt = spec(
         Format::TorchScript,
         &[

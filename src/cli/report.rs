@@ -38,12 +38,20 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
         match (&args.from, &args.source, &args.target) {
             (Some(from), _, _) => {
                 let result = html::load_report_json(from)?;
-                (html::report_data(&result, None, None), vec![from.clone()])
+                (
+                    html::report_data(&result, None, None, None),
+                    vec![from.clone()],
+                )
             }
             (None, Some(s), Some(t)) => {
                 let (request, mapper) = args.mapping.prepare(s, t)?;
                 let result = mapper.suggest_mapping(&request.suggest)?;
-                let data = html::report_data(&result, Some(mapper.source()), Some(mapper.target()));
+                let data = html::report_data(
+                    &result,
+                    Some(mapper.source()),
+                    Some(mapper.target()),
+                    mapper.options().target_order.as_ref(),
+                );
                 (data, vec![s.clone(), t.clone()])
             }
             _ => anyhow::bail!(weightmap::Error::invalid(

@@ -14,8 +14,8 @@
 
 use crate::error::{Error, Result};
 use crate::mapper::{
-    Alternative, Conversion, MappingResult, Match, MatchType, ModelSummary, Resolution,
-    ScoringSummary, Strategy, Transform, Unmatched, UnmatchedReason,
+    Alternative, Conversion, MappingResult, Match, MatchType, ModelSummary, OrderKind, Resolution,
+    ScoringSummary, Strategy, TensorOrder, Transform, Unmatched, UnmatchedReason,
 };
 use crate::output::OutputFile;
 use crate::report::terminal::{transform_name, SCORE_FAIR, SCORE_GOOD};
@@ -24,7 +24,7 @@ use crate::score::{
     ScoreBreakdown, ScoreWeights, HIER_W_CONTEXT, HIER_W_DEPTH, HIER_W_ORDER, NAME_W_EDIT,
     NAME_W_SUBSTRING, NAME_W_TOKENS,
 };
-use crate::spec::{ModelSpec, TensorKind};
+use crate::spec::{ModelSpec, TensorInfo, TensorKind};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::cmp::Ordering;
@@ -193,12 +193,31 @@ pub fn natural_cmp(a: &str, b: &str) -> Ordering {
 fn side_tensors(
     spec: Option<&ModelSpec>,
     from_result: Vec<(String, Vec<i64>)>,
+    order: Option<&TensorOrder>,
 ) -> (Vec<Value>, HashMap<String, usize>) {
     let mut list: Vec<(String, Vec<i64>, bool)> = Vec::new();
     let mut index: HashMap<String, usize> = HashMap::new();
     match spec {
         Some(spec) => {
-            for (i, t) in spec.tensors.iter().enumerate() {
+            // The order names tensors normalized or as written; unranked ones go last,
+            // in file order (the sort is stable).
+            let mut tensors: Vec<&TensorInfo> = spec.tensors.iter().collect();
+            if let Some(order) = order {
+                let rank: HashMap<&str, usize> = order
+                    .names
+                    .iter()
+                    .enumerate()
+                    .map(|(r, n)| (n.as_str(), r))
+                    .rev()
+                    .collect();
+                tensors.sort_by_key(|t| {
+                    rank.get(t.name.as_str())
+                        .or_else(|| rank.get(t.original_name.as_str()))
+                        .copied()
+                        .unwrap_or(usize::MAX)
+                });
+            }
+            for (i, t) in tensors.into_iter().enumerate() {
                 let buffer = match t.kind {
                     TensorKind::Buffer => true,
                     TensorKind::Parameter => false,
@@ -239,12 +258,15 @@ fn round4(x: f64) -> f64 {
 }
 
 /// The data the page embeds. With the specs, the trees list every tensor in file order
-/// with its kind; without (a page built from a saved report), they list the tensors the
-/// report names, in natural name order, buffers known by their leaf names.
+/// with its kind, the target in `target_order` when that is an execution order (tensors
+/// without a rank after, in file order); without (a page built from a saved report),
+/// they list the tensors the report names, in natural name order, buffers known by their
+/// leaf names.
 pub fn report_data(
     result: &MappingResult,
     source: Option<&ModelSpec>,
     target: Option<&ModelSpec>,
+    target_order: Option<&TensorOrder>,
 ) -> Value {
     let s_names = result
         .mappings
@@ -268,8 +290,10 @@ pub fn report_data(
                 .map(|u| (u.original_name.clone(), u.shape.clone())),
         )
         .collect();
-    let (s_list, s_index) = side_tensors(source, s_names);
-    let (t_list, t_index) = side_tensors(target, t_names);
+    let (s_list, s_index) = side_tensors(source, s_names, None);
+    let execution =
+        target_order.filter(|o| matches!(o.kind, OrderKind::Dynamic | OrderKind::Static));
+    let (t_list, t_index) = side_tensors(target, t_names, execution);
     let s_pos = |m: &Match| {
         s_index
             .get(&m.source)
@@ -330,6 +354,14 @@ pub fn report_data(
         "m": matches,
         "us": unmatched(&result.unmatched_source, &s_index),
         "ut": unmatched(&result.unmatched_target, &t_index),
+        // Per conversion, each (source, target) it relates, as indices into "s" and "t".
+        "cv": result.conversions.iter().map(|c| {
+            c.sources
+                .iter()
+                .filter_map(|s| s_index.get(s))
+                .flat_map(|&s| c.targets.iter().filter_map(|t| t_index.get(t)).map(move |&t| [s, t]))
+                .collect::<Vec<_>>()
+        }).collect::<Vec<_>>(),
         "rel": result.conversions.iter().map(|c| {
             let mut line = c.describe();
             if let Some(r) = &c.reason {

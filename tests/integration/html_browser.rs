@@ -430,3 +430,46 @@ fn filter_counts_are_the_terminals_and_the_jsons() {
     }
     assert!(checked > 0, "no corpus case small enough");
 }
+
+/// Split, concat and stack relations are drawn: one dashed line per (source, target) of
+/// each conversion `map --json` reports, on the conversion fixtures.
+#[test]
+fn conversions_are_drawn_one_line_per_source_and_target() {
+    let Some(browser) = chromium() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let mut cases: Vec<PathBuf> = std::fs::read_dir(root().join("models/conversions"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("target.pt").is_file())
+        .collect();
+    cases.sort();
+    assert!(!cases.is_empty(), "no conversion fixtures");
+    for (k, case) in cases.iter().enumerate() {
+        let (src, tgt) = (case.join("source.safetensors"), case.join("target.pt"));
+        let (src, tgt) = (src.to_str().unwrap(), tgt.to_str().unwrap());
+        let out = crate::support::weightmap(&["map", src, tgt, "--json"]);
+        assert!(out.status.success());
+        let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let members: usize = report["conversions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                c["sources"].as_array().unwrap().len() * c["targets"].as_array().unwrap().len()
+            })
+            .sum();
+        assert!(members > 0, "{}: no conversion found", case.display());
+        let page = dir.path().join(format!("conv{k}.html"));
+        weightmap(&["report", src, tgt, "-o", page.to_str().unwrap()]);
+        let result = check_page(&browser, &page);
+        assert_eq!(
+            result["conversion_lines"].as_u64(),
+            Some(members as u64),
+            "{}: {result}",
+            case.display()
+        );
+        assert!(std::fs::read_to_string(&page)
+            .unwrap()
+            .contains("split / concat / stack"));
+    }
+}

@@ -282,3 +282,32 @@ fn unmatched_with_reasons_snapshot() {
     );
     check_snapshot("explain_demo_unmatched_fc.txt", &explained);
 }
+
+/// The HTML report lists the target tree in execution order when the target's is known:
+/// models/order_target.pt registers gamma, alpha, beta and runs beta, alpha, gamma.
+#[test]
+fn html_report_lists_the_target_in_execution_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let page = dir.path().join("order.html");
+    stdout_ok(&[
+        "report",
+        "models/order_source.safetensors",
+        "models/order_target.pt",
+        "-o",
+        page.to_str().unwrap(),
+    ]);
+    let html = std::fs::read_to_string(&page).unwrap();
+    let open = "<script type=\"application/json\" id=\"wm-data\">";
+    let start = html.find(open).unwrap() + open.len();
+    let end = start + html[start..].find("</script>").unwrap();
+    let data: serde_json::Value = serde_json::from_str(&html[start..end]).unwrap();
+    let modules: Vec<&str> = data["t"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t[0].as_str().unwrap().split('.').next().unwrap())
+        .collect();
+    let mut runs = modules.clone();
+    runs.dedup();
+    assert_eq!(runs, ["beta", "alpha", "gamma"], "{modules:?}");
+}

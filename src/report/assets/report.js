@@ -74,6 +74,10 @@
     m.t.m = m;
     return m;
   });
+  // Conversions (split, concat, stack): each relates every source to every target it
+  // feeds; one line per (source, target), drawn dashed beside the one-to-one lines.
+  const CV = (D.cv || []).map((pairs, k) => ({ k, pairs: pairs.map(([s, t]) => [S.tensors[s], T.tensors[t]]), text: D.rel[k] }));
+  for (const c of CV) for (const [s, t] of c.pairs) s.cv = t.cv = c;
   for (const [i, why] of D.us) S.tensors[i].why = why;
   for (const [i, why] of D.ut) T.tensors[i].why = why;
 
@@ -182,6 +186,9 @@
       if (m.am) row.appendChild(el('span', 'tag ambiguous', 'ambiguous'));
       if (m.lo) row.appendChild(el('span', 'tag low', 'needs review'));
       row.title = t.name + '  →  ' + (side.key === 's' ? m.t.name : m.s.name);
+    } else if (t.cv) {
+      row.appendChild(el('span', 'tag conv', 'converted'));
+      row.title = t.name + '\n' + t.cv.text;
     } else {
       row.appendChild(el('span', 'tag unmatched', 'unmatched'));
       row.title = t.name + (t.why ? '\nunmatched: ' + t.why : '');
@@ -285,6 +292,7 @@
   function rowY(row, pane) {
     return row.offsetTop - pane.scrollTop + row.offsetHeight / 2;
   }
+  let drawAll = false; // the self-test draws lines out of view too, to count them
   function drawLines() {
     const h = gutter.clientHeight, w = gutter.clientWidth;
     svg.setAttribute('viewBox', '0 0 ' + w + ' ' + h);
@@ -303,16 +311,33 @@
       if (!a || !b || !a.isConnected || !b.isConnected) continue;
       const ya = yOf(a, S.pane), yb = yOf(b, T.pane);
       const inA = ya >= 0 && ya <= h, inB = yb >= 0 && yb <= h;
-      if (!inA && !inB) continue;
+      if (!inA && !inB && !drawAll) continue;
       const key = a.wmId + ':' + b.wmId;
       let p = pairs.get(key);
       if (!p) {
-        p = { ya, yb, both: inA && inB, n: 0, min: 1, sel: false };
+        p = { ya, yb, both: inA && inB, n: 0, min: 1, sel: false, cv: false };
         pairs.set(key, p);
       }
       p.n++;
       p.min = Math.min(p.min, m.sc);
       if (selected === m) p.sel = true;
+    }
+    for (const c of CV) {
+      for (const [s, t] of c.pairs) {
+        const a = repRow(s), b = repRow(t);
+        if (!a || !b || !a.isConnected || !b.isConnected) continue;
+        const ya = yOf(a, S.pane), yb = yOf(b, T.pane);
+        const inA = ya >= 0 && ya <= h, inB = yb >= 0 && yb <= h;
+        if (!inA && !inB && !drawAll) continue;
+        const key = 'c' + a.wmId + ':' + b.wmId;
+        let p = pairs.get(key);
+        if (!p) {
+          p = { ya, yb, both: inA && inB, n: 0, min: 1, sel: false, cv: true };
+          pairs.set(key, p);
+        }
+        p.n++;
+        if (selected === s || selected === t) p.sel = true;
+      }
     }
     const paths = [];
     for (const p of pairs.values()) {
@@ -320,9 +345,14 @@
       const d = 'M0,' + ya.toFixed(1) + ' C' + (w / 2) + ',' + ya.toFixed(1) + ' ' + (w / 2) + ',' + yb.toFixed(1) + ' ' + w + ',' + yb.toFixed(1);
       const path = document.createElementNS('http://www.w3.org/2000/svg', 'path');
       path.setAttribute('d', d);
-      path.setAttribute('stroke', 'var(--' + band(p.min) + ')');
+      path.setAttribute('stroke', p.cv ? 'var(--conv)' : 'var(--' + band(p.min) + ')');
+      if (p.cv) {
+        path.setAttribute('class', 'conv');
+        path.setAttribute('stroke-dasharray', '5 3');
+      }
       path.setAttribute('stroke-width', String((p.sel ? 3 : 1.2) + Math.log2(p.n) * 0.8));
-      path.setAttribute('stroke-opacity', p.sel ? '1' : p.both ? '0.75' : '0.3');
+      // Dashed lines fade less: their gaps already thin them.
+      path.setAttribute('stroke-opacity', p.sel ? '1' : p.both ? '0.75' : p.cv ? '0.5' : '0.3');
       paths.push([p.sel, path]);
     }
     // The selected line last, so it is drawn on top.
@@ -426,8 +456,13 @@
       const t = sel;
       const h = el('h3', 'd-source', t.name);
       box.appendChild(h);
-      box.appendChild(el('div', 'meta', (t.side === 's' ? 'source' : 'target') + ' tensor ' + shapeText(t.shape) + ' · unmatched'));
-      box.appendChild(el('div', 'bad', t.why ? 'Why: ' + t.why : 'Not in the mapping.'));
+      if (t.cv) {
+        box.appendChild(el('div', 'meta', (t.side === 's' ? 'source' : 'target') + ' tensor ' + shapeText(t.shape) + ' · converted'));
+        box.appendChild(el('div', 'muted', t.cv.text));
+      } else {
+        box.appendChild(el('div', 'meta', (t.side === 's' ? 'source' : 'target') + ' tensor ' + shapeText(t.shape) + ' · unmatched'));
+        box.appendChild(el('div', 'bad', t.why ? 'Why: ' + t.why : 'Not in the mapping.'));
+      }
     }
   }
   function markSelected(on) {
@@ -470,7 +505,7 @@
     add('needs review', String(c.needs_review));
     add('strategy', D.strategy + ', threshold ' + D.threshold.toFixed(2));
     add('weights', 'shape ' + D.weights.shape.toFixed(2) + ', name ' + D.weights.name.toFixed(2) + ', hierarchy ' + D.weights.hierarchy.toFixed(2));
-    if (D.rel.length) add('many-to-one', D.rel.length + ' relation(s), tensors listed as unmatched');
+    if (D.rel.length) add('conversions', D.rel.length + ' split/concat/stack relation(s), drawn dashed');
   }
   let status;
   function toolbar() {
@@ -515,6 +550,13 @@
       i.style.background = 'var(--' + cls + ')';
       s.appendChild(i);
       s.appendChild(document.createTextNode(text));
+      legend.appendChild(s);
+    }
+    if (CV.length) {
+      const s = el('span');
+      const i = el('i', 'conv');
+      s.appendChild(i);
+      s.appendChild(document.createTextNode('split / concat / stack'));
       legend.appendChild(s);
     }
     bar.appendChild(legend);
@@ -564,6 +606,12 @@
       out.target_rows = shown.size;
       out.missing = missing.slice(0, 20);
       out.missing_count = missing.length;
+      // One dashed line per (source, target) of each conversion, out of view included.
+      drawAll = true;
+      drawLines();
+      drawAll = false;
+      out.conversion_members = CV.reduce((n, c) => n + c.pairs.length, 0);
+      out.conversion_lines = svg.querySelectorAll('path.conv').length;
       const m = M.find((x) => x.tr !== 'exact') || M[0];
       if (m) {
         m.s.row.dispatchEvent(new MouseEvent('click', { bubbles: true }));
@@ -599,7 +647,7 @@
       out.rows_after_reset = rowCount();
       const filtersOk = out.search[1] === out.search[2] && Object.values(out.filters).every(([a, b]) => a === b) &&
         out.rows_after_reset === S.tensors.length + T.tensors.length;
-      out.ok = missing.length === 0 && filtersOk && (!m || (out.details_source === m.s.name && out.details_target === m.t.name &&
+      out.ok = missing.length === 0 && filtersOk && out.conversion_lines === out.conversion_members && (!m || (out.details_source === m.s.name && out.details_target === m.t.name &&
         out.breakdown_rows === 9 && out.details_total === out.expected_total && out.selected_rows === 2 && out.lines > 0));
       if (m) select(m.s);
     } catch (e) {

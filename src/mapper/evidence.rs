@@ -243,7 +243,7 @@ pub(crate) fn by_anchor(
 }
 
 /// Drops decisions that give one target to two sources.
-fn without_collisions(out: Decided) -> Decided {
+pub(crate) fn without_collisions(out: Decided) -> Decided {
     let mut count: HashMap<usize, usize> = HashMap::new();
     for d in &out {
         *count.entry(d.1).or_default() += 1;

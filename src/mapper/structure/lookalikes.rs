@@ -3,12 +3,12 @@
 //! families and siblings anchored in execution order.
 
 use super::{Matcher, Pair};
-use crate::mapper::evidence::{by_anchor, by_family, Known};
+use crate::mapper::evidence::{by_anchor, by_family, without_collisions, Known};
 use crate::mapper::renaming::{relative, RuleBook};
 use crate::mapper::side::Item;
 use crate::mapper::Resolution;
 use crate::score::{tokenize, Token, RELATIONAL_AFTER, RELATIONAL_BEFORE};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 impl Matcher<'_, '_> {
     /// Ordinal families and siblings anchored in execution order ([`super::evidence`]),
@@ -97,11 +97,7 @@ impl Matcher<'_, '_> {
                 })
             })
             .collect();
-        let mut count: HashMap<usize, usize> = HashMap::new();
-        for f in &found {
-            *count.entry(f.1).or_default() += 1;
-        }
-        found.into_iter().filter(|f| count[&f.1] == 1).collect()
+        without_collisions(found)
     }
 
     /// Look-alikes whose name places them relative to a module of the level

@@ -420,7 +420,17 @@ impl<'a, 'b> Matcher<'a, 'b> {
                 .copied()
                 .collect()
         };
-        let (hidden_s, hidden_t) = (hidden(self.s, ps), hidden(self.t, pt));
+        // Only pools holding both modules and units can hide a unit's look-alike.
+        let any = |node: bool| {
+            ps.iter()
+                .chain(pt.iter())
+                .any(|i| matches!(i, Item::Node(_)) == node)
+        };
+        let (hidden_s, hidden_t) = if any(true) && any(false) {
+            (hidden(self.s, ps), hidden(self.t, pt))
+        } else {
+            (HashSet::new(), HashSet::new())
+        };
         let unit_sig = |side: &SideModel, it: Item| match it {
             Item::Unit(u) => Some(if loose {
                 side.units[u].loose

@@ -59,6 +59,13 @@ n, r = len(mapping), len(key_mapping)
 print(n, r, int(derivable))
 "#;
 
+/// `weightmap export MAPPING --format python` into `dir`; the module's path.
+fn export_python(mapping: &Path, dir: &Path) -> PathBuf {
+    let module = dir.join("convert_weights.py");
+    ok(&["export", s(mapping), "--format", "python", "-o", s(&module)]);
+    module
+}
+
 #[test]
 fn hf_key_mapping_reproduces_every_rename_with_few_rules() {
     let Some(py) = python() else {
@@ -111,15 +118,7 @@ fn python_converter_reproduces_the_reference_output() {
     let Some((dir, mapping)) = mapped("resnet_refactor", tmp.path()) else {
         return;
     };
-    let module = tmp.path().join("convert_weights.py");
-    ok(&[
-        "export",
-        s(&mapping),
-        "--format",
-        "python",
-        "-o",
-        s(&module),
-    ]);
+    export_python(&mapping, tmp.path());
     let out = run_python(
         &py,
         r#"
@@ -288,15 +287,7 @@ fn python_converter_converts_exactly_as_apply_does() {
             "-o",
             s(&applied),
         ]);
-        let module = tmp.path().join("convert_weights.py");
-        ok(&[
-            "export",
-            s(&mapping),
-            "--format",
-            "python",
-            "-o",
-            s(&module),
-        ]);
+        let module = export_python(&mapping, tmp.path());
         let out = run_python(
             &py,
             CONVERTER_CHECK,

@@ -5,7 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
-cargo build --quiet
+# Both binaries: weightmap (no libtorch, starts in milliseconds) hands `verify` to
+# weightmap-torch beside it.
+./scripts/build.sh
 wm=target/debug/weightmap
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT

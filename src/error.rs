@@ -48,6 +48,14 @@ pub enum Error {
         /// libtorch's message, on one line.
         message: String,
     },
+    /// The work needs libtorch (a TorchScript model loaded or traced, a forward pass, a CUDA
+    /// device), and this weightmap was built without it (cargo feature `libtorch`). The
+    /// `weightmap` binary hands such a command to its libtorch build (`weightmap-torch`).
+    #[error("{what} needs libtorch, and this weightmap was built without it (cargo feature `libtorch`): build it with the feature (`cargo build --release`, or scripts/build.sh for both binaries)")]
+    NeedsLibtorch {
+        /// What needs it, naming the file.
+        what: String,
+    },
     /// A requested key (state dict, tensor name) does not exist.
     #[error("{context}: no key '{key}'{hint}")]
     MissingKey {

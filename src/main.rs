@@ -34,11 +34,19 @@ enum Command {
     /// Record the execution order of a TorchScript model's parameters and buffers.
     #[cfg(feature = "libtorch")]
     Trace(cli::trace::Args),
+    /// Record the execution order of a TorchScript model's parameters and buffers
+    /// (run by the libtorch build, weightmap-torch).
+    #[cfg(not(feature = "libtorch"))]
+    Trace(cli::delegate::Args),
     /// Write the adapted checkpoint under the target's names.
     Apply(cli::apply::Args),
     /// Load a checkpoint into a TorchScript target and run it.
     #[cfg(feature = "libtorch")]
     Verify(cli::verify::Args),
+    /// Load a checkpoint into a TorchScript target and run it (run by the libtorch build,
+    /// weightmap-torch).
+    #[cfg(not(feature = "libtorch"))]
+    Verify(cli::delegate::Args),
     /// Show module hierarchies side by side (fitted to `COLUMNS`, or the terminal's width).
     Tree(cli::tree::Args),
     /// Explain the score of one source tensor against its candidates.
@@ -67,9 +75,13 @@ fn main() {
         Command::Map(a) => cli::map::run(a),
         #[cfg(feature = "libtorch")]
         Command::Trace(a) => cli::trace::run(a),
+        #[cfg(not(feature = "libtorch"))]
+        Command::Trace(_) => Err(cli::delegate::hand_over("`trace`")),
         Command::Apply(a) => cli::apply::run(a),
         #[cfg(feature = "libtorch")]
         Command::Verify(a) => cli::verify::run(a),
+        #[cfg(not(feature = "libtorch"))]
+        Command::Verify(_) => Err(cli::delegate::hand_over("`verify`")),
         Command::Tree(a) => cli::tree::run(a),
         Command::Explain(a) => cli::explain::run(a),
         Command::Report(a) => cli::report::run(a),
@@ -79,6 +91,15 @@ fn main() {
             }
         }),
         Command::Export(a) => cli::export::run(a),
+    };
+    // What turns out to need libtorch goes to the libtorch build, before any output.
+    #[cfg(not(feature = "libtorch"))]
+    let result = match result {
+        Err(e) => match e.downcast_ref::<weightmap::Error>() {
+            Some(weightmap::Error::NeedsLibtorch { what }) => Err(cli::delegate::hand_over(what)),
+            _ => Err(e),
+        },
+        ok => ok,
     };
     if let Err(e) = result {
         // The whole chain of causes, each said once (an I/O error's text is often in the

@@ -17,10 +17,14 @@ use std::path::{Path, PathBuf};
 /// Which order of tensors tells look-alikes apart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum OrderPolicy {
-    /// A TorchScript target: its dynamic order with inputs (falling back to static when
-    /// forward fails), else static, else registration; a TorchScript source: static.
-    /// Checkpoints: their key order (none for safetensors, whose keys are sorted). A model
-    /// that cannot be traced gets its file's order and a warning.
+    /// Execution order where it is needed. Both models are first mapped on what their
+    /// files say (names, shapes, a checkpoint's key order, a TorchScript model's registration
+    /// order); only when that leaves something order could settle (a pair that needs review
+    /// or rests on file order, look-alikes left ambiguous) is each TorchScript model traced,
+    /// once, and the mapping worked out again with it: a TorchScript target's dynamic order
+    /// with inputs (falling back to static when forward fails), else static; a TorchScript
+    /// source's static order. A model that cannot be traced keeps its file's order, with a
+    /// warning. Most mappings thus never load libtorch.
     #[default]
     Auto,
     /// The target's dynamic order from running forward on the inputs (required); a failing
@@ -146,6 +150,80 @@ pub struct Prepared {
     /// What was chosen without being asked (the nested dict a checkpoint's state dict was
     /// taken from).
     pub notes: Vec<String>,
+    /// The request, while [`OrderPolicy::Auto`] has left a TorchScript model's execution
+    /// order to be traced only if the first mapping needs it.
+    deferred: Option<Deferred>,
+}
+
+/// What [`Prepared::suggest_mapping`] traces when the first mapping needs order.
+#[derive(Debug)]
+struct Deferred {
+    request: MapRequest,
+    source: bool,
+    target: bool,
+}
+
+impl Prepared {
+    /// Works out the mapping ([`Mapper::suggest_mapping`]). Where [`OrderPolicy::Auto`]
+    /// left a TorchScript model untraced and the mapping has something order could settle
+    /// ([`MappingResult::order_could_settle`]), traces it and works the mapping out again;
+    /// either way, `notes` says which.
+    ///
+    /// Errors: the engine's; [`Error::NeedsLibtorch`] when the trace is needed and this
+    /// build has no libtorch.
+    pub fn suggest_mapping(&mut self, options: &SuggestOptions) -> Result<MappingResult> {
+        let result = self.mapper.suggest_mapping(options)?;
+        if self.settle_order(&result)? {
+            self.mapper.suggest_mapping(options)
+        } else {
+            Ok(result)
+        }
+    }
+
+    /// The order step of [`Prepared::suggest_mapping`] for a mapping worked out another way
+    /// (`map --by-content`): true when it traced and the mapping must be worked out again.
+    pub fn settle_order(&mut self, result: &MappingResult) -> Result<bool> {
+        let Some(deferred) = self.deferred.take() else {
+            return Ok(false);
+        };
+        let request = &deferred.request;
+        let models = [
+            (deferred.source, &request.source),
+            (deferred.target, &request.target),
+        ];
+        let names = models
+            .iter()
+            .filter(|m| m.0)
+            .map(|m| m.1.display().to_string())
+            .collect::<Vec<_>>()
+            .join(" and ");
+        let Some(unsettled) = result.order_could_settle() else {
+            self.notes.push(format!(
+                "{names}: not traced; names and shapes decided every pair (`--order static` traces anyway)"
+            ));
+            return Ok(false);
+        };
+        let mut clock = crate::progress::StageClock::start();
+        let mut source_order = self.mapper.options().source_order.clone();
+        let mut target_order = self.mapper.options().target_order.clone();
+        if deferred.target {
+            target_order = order_of(
+                request,
+                &request.target,
+                &request.inputs,
+                &mut self.warnings,
+            )?;
+        }
+        if deferred.source {
+            source_order = order_of(request, &request.source, &[], &mut self.warnings)?;
+        }
+        clock.lap("order");
+        self.notes.push(format!(
+            "{names}: traced for its execution order ({unsettled} without it)"
+        ));
+        self.mapper.set_orders(source_order, target_order);
+        Ok(true)
+    }
 }
 
 /// Reads both models of `request` and builds the mapper, with the orders asked for.
@@ -180,12 +258,23 @@ pub fn prepare(request: &MapRequest) -> Result<Prepared> {
             ));
         }
     }
+    // Auto traces a TorchScript model only when the first mapping needs its order.
+    let defer = |spec: &ModelSpec, file: &Option<PathBuf>| {
+        request.order == OrderPolicy::Auto && file.is_none() && spec.format == Format::TorchScript
+    };
+    let deferred = Deferred {
+        request: request.clone(),
+        source: defer(&source, &request.source_order),
+        target: defer(&target, &request.target_order),
+    };
     let target_order = match &request.target_order {
         Some(file) => Some(order_from_file(file, &target)?),
+        None if deferred.target => None,
         None => order_of(request, &request.target, &request.inputs, &mut warnings)?,
     };
     let source_order = match &request.source_order {
         Some(file) => Some(order_from_file(file, &source)?),
+        None if deferred.source => None,
         None => order_of(request, &request.source, &[], &mut warnings)?,
     };
     clock.lap("order");
@@ -210,12 +299,13 @@ pub fn prepare(request: &MapRequest) -> Result<Prepared> {
         mapper,
         warnings,
         notes,
+        deferred: (deferred.source || deferred.target).then_some(deferred),
     })
 }
 
 /// Maps the two files of `request`: [`prepare`], then the engine.
 pub fn map_files(request: &MapRequest) -> Result<MappingResult> {
-    prepare(request)?.mapper.suggest_mapping(&request.suggest)
+    prepare(request)?.suggest_mapping(&request.suggest)
 }
 
 /// The pins `rules` give: each source tensor (by its name as written) that the first
@@ -262,10 +352,9 @@ fn check_device(device: Device) -> Result<()> {
 fn check_device(device: Device) -> Result<()> {
     match device {
         Device::Cpu => Ok(()),
-        Device::Cuda(_) => Err(Error::invalid(
-            "device",
-            format!("'{device}': this weightmap was built without libtorch (cargo feature `libtorch`); use cpu"),
-        )),
+        Device::Cuda(_) => Err(Error::NeedsLibtorch {
+            what: format!("the device '{device}'"),
+        }),
     }
 }
 
@@ -290,6 +379,8 @@ fn order_of(
     let traced = trace_order(request.order, path, inputs, request.device);
     match (request.order, traced) {
         (_, Ok(order)) => Ok(Some(TensorOrder::from(&order))),
+        // Without libtorch in this build there is nothing to fall back from.
+        (_, Err(e @ Error::NeedsLibtorch { .. })) => Err(e),
         // Auto never fails for want of an order: the file's order stands in, said aloud.
         (OrderPolicy::Auto, Err(e)) => {
             warnings.push(format!(

@@ -163,11 +163,11 @@ fn compute_mapping(
 ) -> anyhow::Result<Mapping> {
     let mut request = MapRequest::new(source_path, target_path);
     request.read.state_dict_key = state_dict_key;
-    let prepared = weightmap::pipeline::prepare(&request)?;
+    let mut prepared = weightmap::pipeline::prepare(&request)?;
+    let result = prepared.suggest_mapping(&request.suggest)?;
     for w in &prepared.warnings {
         eprintln!("warning: {w}");
     }
-    let result = prepared.mapper.suggest_mapping(&request.suggest)?;
     eprintln!(
         "mapped {} of {} source tensors onto {} target tensors (weightmap map shows why)",
         result.mappings.len(),

@@ -37,8 +37,12 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
     if let Some(path) = &args.mapping_file {
         args.flags.mapping_pins = Some(super::flags::pins_of_mapping_file(path)?);
     }
-    let (request, mapper) = args.flags.prepare(&args.source, &args.target)?;
+    let (request, mut prepared) = args.flags.prepare(&args.source, &args.target)?;
     let opts = request.suggest;
+    // The mapping explained is `map`'s: with an execution order where `map` would trace one.
+    prepared.suggest_mapping(&opts)?;
+    super::flags::print_notes(&mut prepared);
+    let mapper = &prepared.mapper;
     let source = mapper.source();
     let known = source
         .tensors

@@ -201,18 +201,25 @@ impl MappingFlags {
         &self,
         source: &Path,
         target: &Path,
-    ) -> anyhow::Result<(MapRequest, weightmap::mapper::Mapper)> {
+    ) -> anyhow::Result<(MapRequest, weightmap::pipeline::Prepared)> {
         let request = self.request(source, target)?;
-        let prepared = weightmap::pipeline::prepare(&request)?;
-        for w in &prepared.warnings {
-            eprintln!("warning: {w}");
+        let mut prepared = weightmap::pipeline::prepare(&request)?;
+        print_notes(&mut prepared);
+        Ok((request, prepared))
+    }
+}
+
+/// Prints (once) the warnings and, unless `--quiet`, the notes the pipeline has gathered so
+/// far: reading, then whether an execution order was traced.
+pub fn print_notes(prepared: &mut weightmap::pipeline::Prepared) {
+    for w in prepared.warnings.drain(..) {
+        eprintln!("warning: {w}");
+    }
+    let notes = std::mem::take(&mut prepared.notes);
+    if !weightmap::progress::is_quiet() {
+        for n in notes {
+            eprintln!("note: {n}");
         }
-        if !weightmap::progress::is_quiet() {
-            for n in &prepared.notes {
-                eprintln!("note: {n}");
-            }
-        }
-        Ok((request, prepared.mapper))
     }
 }
 

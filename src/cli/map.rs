@@ -69,16 +69,20 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         refuse_existing(path, &args, args.force)?;
     }
     // Every flag is validated before anything is read.
-    let (mut request, mapper) = args.mapping.prepare(&args.source, &args.target)?;
+    let (mut request, mut prepared) = args.mapping.prepare(&args.source, &args.target)?;
     // Alternatives of pairs decided by structure are for review: only the JSON report
     // lists them (a scoring pass over every pair, seconds at 90k tensors).
     request.suggest.alternatives = args.json || args.report.is_some();
     let (result, content) = if args.by_content {
-        let c = weightmap::diff::suggest_by_content(&mapper, &request.suggest)?;
+        let mut c = weightmap::diff::suggest_by_content(&prepared.mapper, &request.suggest)?;
+        if prepared.settle_order(&c.result)? {
+            c = weightmap::diff::suggest_by_content(&prepared.mapper, &request.suggest)?;
+        }
         (c.result, Some((c.by_content, c.notes)))
     } else {
-        (mapper.suggest_mapping(&request.suggest)?, None)
+        (prepared.suggest_mapping(&request.suggest)?, None)
     };
+    super::flags::print_notes(&mut prepared);
 
     let mut clock = weightmap::progress::StageClock::start();
     if let Some(path) = &args.output {

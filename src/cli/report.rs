@@ -44,8 +44,10 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
                 )
             }
             (None, Some(s), Some(t)) => {
-                let (request, mapper) = args.mapping.prepare(s, t)?;
-                let result = mapper.suggest_mapping(&request.suggest)?;
+                let (request, mut prepared) = args.mapping.prepare(s, t)?;
+                let result = prepared.suggest_mapping(&request.suggest)?;
+                super::flags::print_notes(&mut prepared);
+                let mapper = &prepared.mapper;
                 let data = html::report_data(
                     &result,
                     Some(mapper.source()),

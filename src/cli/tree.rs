@@ -57,8 +57,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             render_side_by_side(&source, &target, &pairs, &opts)
         }
         (Some(target), None) => {
-            let (request, mapper) = args.flags.prepare(&args.source, target)?;
-            let result = mapper.suggest_mapping(&request.suggest)?;
+            let (request, mut prepared) = args.flags.prepare(&args.source, target)?;
+            let result = prepared.suggest_mapping(&request.suggest)?;
+            super::flags::print_notes(&mut prepared);
+            let mapper = &prepared.mapper;
             let pairs = pairs_from_result(mapper.source(), mapper.target(), &result);
             render_side_by_side(mapper.source(), mapper.target(), &pairs, &opts)
         }

@@ -134,8 +134,18 @@ pub fn diff(a: &Path, b: &Path, options: &DiffOptions) -> Result<DiffResult> {
     let mut sb = read_model(b, &options.read)?;
     locate_values(&mut sa)?;
     locate_values(&mut sb)?;
-    #[cfg(feature = "libtorch")]
     let both_scripts = sa.format == Format::TorchScript && sb.format == Format::TorchScript;
+    // The graphs are read by libtorch: asked for without it, say so before the work.
+    #[cfg(not(feature = "libtorch"))]
+    if options.graphs && both_scripts {
+        return Err(crate::Error::NeedsLibtorch {
+            what: format!(
+                "comparing the forward graphs of {} and {} (`--no-graph` compares the weights alone)",
+                a.display(),
+                b.display()
+            ),
+        });
+    }
     // The engine puts back a prefix stripped on one side that the other uses: both sides
     // then name things alike, so its specs are the ones compared.
     let mapper = Mapper::new(sa, sb, MapperOptions::default())?;

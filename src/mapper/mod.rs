@@ -654,6 +654,55 @@ impl MappingResult {
             .count()
     }
 
+    /// What an execution order could settle here, in words (`3 pairs decided by file
+    /// order, 2 look-alikes left ambiguous`); `None` when nothing: every pair was decided by
+    /// other evidence, or by scores with a clear margin, and none was refused by the
+    /// threshold. (A square weight's orientation is not something order settles.)
+    pub fn order_could_settle(&self) -> Option<String> {
+        let by_file_order = self
+            .mappings
+            .iter()
+            .filter(|m| m.resolution == Resolution::FileOrder)
+            .count();
+        let close_scores = self
+            .mappings
+            .iter()
+            .filter(|m| {
+                m.resolution == Resolution::Score
+                    && m.alternatives
+                        .first()
+                        .is_some_and(|r| r.score > m.score - REVIEW_MIN_MARGIN)
+            })
+            .count();
+        let ambiguous = self
+            .unmatched_source
+            .iter()
+            .filter(|u| matches!(u.reason, UnmatchedReason::Ambiguous { .. }))
+            .count()
+            + self
+                .conversions
+                .iter()
+                .filter(|c| c.ambiguous.is_some())
+                .count();
+        // The order part of a score could lift a pair over the threshold.
+        let below = self
+            .unmatched_source
+            .iter()
+            .filter(|u| matches!(u.reason, UnmatchedReason::BelowThreshold { .. }))
+            .count();
+        let parts: Vec<String> = [
+            (by_file_order, "pairs decided by file order"),
+            (close_scores, "pairs decided by close scores"),
+            (ambiguous, "look-alikes left ambiguous"),
+            (below, "pairs scored under the threshold"),
+        ]
+        .iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, what)| format!("{n} {what}"))
+        .collect();
+        (!parts.is_empty()).then(|| parts.join(", "))
+    }
+
     /// What would settle the look-alikes left ambiguous, with the commands; `None` when
     /// none are.
     pub fn settle_hint(&self) -> Option<String> {
@@ -859,6 +908,13 @@ impl Mapper {
     /// The options.
     pub fn options(&self) -> &MapperOptions {
         &self.options
+    }
+
+    /// Gives the engine other execution orders (an order traced only once a first mapping
+    /// showed it was needed).
+    pub fn set_orders(&mut self, source: Option<TensorOrder>, target: Option<TensorOrder>) {
+        self.options.source_order = source;
+        self.options.target_order = target;
     }
 
     /// Works out the mapping.

@@ -50,9 +50,9 @@ pub fn script_module(path: &Path, device: Device) -> Result<ScriptModule> {
 /// Without libtorch there is no TorchScript loader: says so.
 #[cfg(not(feature = "libtorch"))]
 pub fn script_module(path: &Path, _device: Device) -> Result<std::convert::Infallible> {
-    Err(Error::Unsupported {
-        path: path.into(),
-        message: "TorchScript needs libtorch, and this weightmap was built without it (cargo feature `libtorch`)".into(),
+    require_torchscript(path)?;
+    Err(Error::NeedsLibtorch {
+        what: format!("loading the TorchScript model {}", path.display()),
     })
 }
 
@@ -86,6 +86,13 @@ pub fn read(path: &Path) -> Result<ModelSpec> {
     match header {
         #[cfg(feature = "libtorch")]
         Err(Error::Unsupported { .. }) => read_loaded(path),
+        #[cfg(not(feature = "libtorch"))]
+        Err(Error::Unsupported { message, .. }) => Err(Error::NeedsLibtorch {
+            what: format!(
+                "reading the TorchScript model {} ({message})",
+                path.display()
+            ),
+        }),
         other => other,
     }
 }

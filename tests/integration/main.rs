@@ -13,6 +13,8 @@ mod json_schema;
 mod overrides;
 mod patterns;
 mod read;
+#[cfg(not(feature = "libtorch"))]
+mod startup;
 mod tree_width;
 
 #[cfg(feature = "libtorch")]

@@ -167,3 +167,54 @@ fn explicit_dynamic_order_fails_loudly_when_forward_fails() {
     let err = String::from_utf8_lossy(&dynamic.stderr);
     assert_eq!(err.trim().lines().count(), 1, "one readable line: {err}");
 }
+
+/// `--order auto` traces a TorchScript model only when names and shapes leave something
+/// that order settles: the demo target (every pair decided by names and structure) keeps
+/// its registration order and says it was not traced; the look-alike layers here are
+/// traced, and mapped exactly. The library's `map_files` does the same as the command.
+#[test]
+fn auto_traces_only_when_the_mapping_needs_order() {
+    let demo = report_of(&[
+        "map",
+        "models/demo_source.pth",
+        "models/demo_target.pt",
+        "--json",
+    ]);
+    assert_eq!(
+        demo.0["target"]["order"], "registration",
+        "the demo needs no trace"
+    );
+    assert!(demo.1.contains("not traced"), "{}", demo.1);
+
+    let traced = report_of(&["map", SOURCES[0], TARGET, "--json"]);
+    assert_eq!(
+        traced.0["target"]["order"], "static",
+        "look-alikes need the trace"
+    );
+    assert!(
+        traced.1.contains("traced for its execution order"),
+        "{}",
+        traced.1
+    );
+    assert_eq!(pairs(&traced.0), truth());
+
+    use weightmap::mapper::OrderKind;
+    use weightmap::pipeline::{map_files, MapRequest};
+    let order_of = |s: &str, t: &str| {
+        let request = MapRequest::new(&repo().join(s), &repo().join(t));
+        map_files(&request).unwrap().target.order
+    };
+    assert_eq!(
+        order_of("models/demo_source.pth", "models/demo_target.pt"),
+        OrderKind::Registration
+    );
+    assert_eq!(order_of(SOURCES[0], TARGET), OrderKind::Static);
+}
+
+/// Runs weightmap with `args`, which must succeed: its JSON report and its stderr.
+fn report_of(args: &[&str]) -> (Value, String) {
+    let out = weightmap(args);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "weightmap {args:?} failed: {stderr}");
+    (serde_json::from_slice(&out.stdout).unwrap(), stderr)
+}

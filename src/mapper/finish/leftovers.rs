@@ -501,23 +501,27 @@ impl<'a> State<'a> {
             .collect())
     }
 
-    /// Without libtorch there is no batched score: `auto` stays exact, and an explicit
-    /// `batched` search says why it cannot run.
+    /// Without libtorch there is no batched score. `auto` asked for it because some
+    /// leftover has more same-shape candidates than the exact search takes: that needs
+    /// libtorch as much as an explicit `batched` does (the `weightmap` binary then hands the
+    /// command to its libtorch build); `exact` never gets here.
     #[cfg(not(feature = "libtorch"))]
     pub(super) fn batched_candidates(
         &self,
-        _left_s: &[usize],
+        left_s: &[usize],
         _left_t: &[usize],
         _taken_s: &HashSet<usize>,
         _taken_t: &HashSet<usize>,
         exact_rows: &[Vec<usize>],
     ) -> Result<Vec<Vec<usize>>> {
         match self.search {
-            CandidateSearch::Batched => Err(crate::error::Error::invalid(
-                "candidates",
-                "the batched search runs on libtorch, and this weightmap was built without it (cargo feature `libtorch`); use exact",
-            )),
-            _ => Ok(exact_rows.to_vec()),
+            CandidateSearch::Exact => Ok(exact_rows.to_vec()),
+            _ => Err(crate::error::Error::NeedsLibtorch {
+                what: format!(
+                    "the batched candidate search over {} leftover units (`--candidates exact` runs without it, slowly)",
+                    left_s.len()
+                ),
+            }),
         }
     }
 }

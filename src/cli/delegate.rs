@@ -49,9 +49,12 @@ pub fn hand_over(what: &str) -> anyhow::Error {
             "{why}; no libtorch build of weightmap was found (`weightmap-torch` beside this binary, or ${TORCH_BIN_VAR}): build both with scripts/build.sh"
         );
     };
-    let error = std::process::Command::new(&binary)
-        .args(std::env::args_os().skip(1))
-        .env(DELEGATED_VAR, "1")
-        .exec();
+    let mut args = std::env::args_os();
+    let mut command = std::process::Command::new(&binary);
+    // The name the user typed, for usage lines and messages.
+    if let Some(name) = args.next() {
+        command.arg0(name);
+    }
+    let error = command.args(args).env(DELEGATED_VAR, "1").exec();
     anyhow::anyhow!("{why}; could not start {}: {error}", binary.display())
 }

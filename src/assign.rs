@@ -156,7 +156,10 @@ pub fn assign(n_rows: usize, edges: &[Edge]) -> Vec<Assigned> {
             .max_by(|a, b| a.1.total_cmp(&b.1).then(b.0.cmp(&a.0)))
     };
     let mut out = Vec::new();
-    for block in blocks(n_rows, edges) {
+    let blocks = blocks(n_rows, edges);
+    let progress = crate::progress::Progress::new(blocks.len() as u64, "assignment");
+    for block in blocks {
+        progress.inc(1);
         for (row, col, score) in solve_block(&block) {
             let runner_up_col = runner_up(best_in_row.get(&row), col);
             let runner_up_row = runner_up(best_in_col.get(&col), row);
@@ -179,6 +182,7 @@ pub fn assign(n_rows: usize, edges: &[Edge]) -> Vec<Assigned> {
             });
         }
     }
+    progress.finish();
     out.sort_by_key(|a| a.row);
     out
 }

@@ -207,15 +207,17 @@ impl Prepared {
         let mut source_order = self.mapper.options().source_order.clone();
         let mut target_order = self.mapper.options().target_order.clone();
         if deferred.target {
-            target_order = order_of(
+            target_order = timed_order(
                 request,
-                &request.target,
+                "target",
                 &request.inputs,
                 &mut self.warnings,
+                &mut self.notes,
             )?;
         }
         if deferred.source {
-            source_order = order_of(request, &request.source, &[], &mut self.warnings)?;
+            source_order =
+                timed_order(request, "source", &[], &mut self.warnings, &mut self.notes)?;
         }
         clock.lap("order");
         self.notes.push(format!(
@@ -270,12 +272,12 @@ pub fn prepare(request: &MapRequest) -> Result<Prepared> {
     let target_order = match &request.target_order {
         Some(file) => Some(order_from_file(file, &target)?),
         None if deferred.target => None,
-        None => order_of(request, &request.target, &request.inputs, &mut warnings)?,
+        None => timed_order(request, "target", &request.inputs, &mut warnings, &mut notes)?,
     };
     let source_order = match &request.source_order {
         Some(file) => Some(order_from_file(file, &source)?),
         None if deferred.source => None,
-        None => order_of(request, &request.source, &[], &mut warnings)?,
+        None => timed_order(request, "source", &[], &mut warnings, &mut notes)?,
     };
     clock.lap("order");
     let mut options = MapperOptions {
@@ -360,6 +362,29 @@ fn check_device(device: Device) -> Result<()> {
 
 /// The order of the model at `path` that `request.order` asks for; `None` leaves the
 /// mapper its default (a checkpoint's key order). `inputs` are that model's dummy inputs.
+/// [`order_of`] for the `side` ("source" or "target") of `request`; a slow trace is said
+/// once in `notes`, with how to reuse it (`trace -o`, then `--source-order` /
+/// `--target-order`).
+fn timed_order(
+    request: &MapRequest,
+    side: &str,
+    inputs: &[InputSpec],
+    warnings: &mut Vec<String>,
+    notes: &mut Vec<String>,
+) -> Result<Option<TensorOrder>> {
+    let path = if side == "source" {
+        &request.source
+    } else {
+        &request.target
+    };
+    let start = std::time::Instant::now();
+    let order = order_of(request, path, inputs, warnings)?;
+    if order.is_some() {
+        notes.extend(crate::trace::reuse_hint(path, side, inputs, start.elapsed()));
+    }
+    Ok(order)
+}
+
 fn order_of(
     request: &MapRequest,
     path: &Path,

@@ -1,10 +1,13 @@
 //! Progress bars for stages that can take more than a second (reading shards, tracing,
 //! scoring, solving, writing).
 //!
-//! A [`Progress`] stays invisible until its stage has run for [`SHOW_AFTER`], so quick
-//! runs print nothing; it is never drawn when [`set_quiet`] was called (`--quiet`) or when
-//! stderr is not a terminal (pipes, CI logs, tests). It is cheap to update from many
-//! threads: clones share one bar.
+//! Each bar names its stage and what it counts, with a total where one is known
+//! (`reading shards 12/161`, `tracing tensors 80/314`, `scoring units 5/40`, `writing
+//! 1.2 GiB/3.4 GiB`). A [`Progress`] stays invisible until its stage has run for
+//! [`show_after`] (one second, or `WEIGHTMAP_PROGRESS_AFTER_MS`), so quick runs print
+//! nothing; it is never drawn when [`set_quiet`] was called (`--quiet`) or when stderr is
+//! not a terminal (pipes, CI logs, tests). It is cheap to update from many threads: clones
+//! share one bar.
 //!
 //! ```
 //! let p = weightmap::progress::Progress::new(3, "scoring");
@@ -20,8 +23,25 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// How long a stage runs before its bar appears: shorter stages never draw one.
+/// How long a stage runs before its bar appears by default: shorter stages never draw one.
 pub const SHOW_AFTER: Duration = Duration::from_secs(1);
+
+/// How long a stage runs before its bar appears: [`SHOW_AFTER`], or the milliseconds in
+/// the environment variable `WEIGHTMAP_PROGRESS_AFTER_MS` (0 shows every bar at once).
+pub fn show_after() -> Duration {
+    static AFTER: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+    *AFTER.get_or_init(|| {
+        std::env::var("WEIGHTMAP_PROGRESS_AFTER_MS")
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map_or(SHOW_AFTER, Duration::from_millis)
+    })
+}
+
+/// Whether bars may be drawn at all in this process: not `--quiet`, stderr a terminal.
+pub fn drawing_allowed() -> bool {
+    !is_quiet() && std::io::stderr().is_terminal()
+}
 
 /// Set by `--quiet`: no bar is drawn anywhere in the process.
 static QUIET: AtomicBool = AtomicBool::new(false);
@@ -48,30 +68,36 @@ pub struct Progress {
 }
 
 impl Progress {
-    /// A bar for `stage` (a short verb: "reading", "scoring") that counts to `len`.
+    /// A bar for `stage` (what is done and what is counted: "reading shards", "scoring
+    /// units") that counts to `len`.
     pub fn new(len: u64, stage: &str) -> Self {
-        Self::with_visibility(len, stage, !is_quiet() && std::io::stderr().is_terminal())
+        Self::with_visibility(len, stage, drawing_allowed())
     }
 
-    /// A spinner for a stage whose length is not known in advance.
+    /// A bar for `stage` that counts bytes up to `total` (shown as `1.2 GiB/3.4 GiB`).
+    pub fn bytes(total: u64, stage: &str) -> Self {
+        let p = Self::new(total, stage);
+        p.bar.set_style(style(
+            "{prefix:>16} [{bar:30}] {bytes}/{total_bytes} [{elapsed}<{eta}]",
+        ));
+        p
+    }
+
+    /// A spinner for a stage whose length is not known in advance (it shows the elapsed
+    /// time, and the count when the stage reports one).
     pub fn spinner(stage: &str) -> Self {
         let p = Self::new(0, stage);
-        p.bar.set_style(
-            ProgressStyle::with_template("{spinner} {prefix} {pos} [{elapsed}]")
-                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-        );
+        p.bar
+            .set_style(style("{spinner} {prefix} {msg}[{elapsed}]").tick_chars("|/-\\ "));
         p
     }
 
     /// As [`Progress::new`], with the decision to draw made by the caller (tests).
     pub fn with_visibility(len: u64, stage: &str, allowed: bool) -> Self {
         let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::hidden());
-        // The template is a constant, so parsing it cannot fail; fall back to the default anyway.
-        let style =
-            ProgressStyle::with_template("{prefix:>9} [{bar:30}] {pos}/{len} [{elapsed}<{eta}]")
-                .map(|s| s.progress_chars("=> "))
-                .unwrap_or_else(|_| ProgressStyle::default_bar());
-        bar.set_style(style);
+        bar.set_style(style(
+            "{prefix:>16} [{bar:30}] {pos}/{len} [{elapsed}<{eta}]",
+        ));
         bar.set_prefix(stage.to_string());
         Progress {
             bar,
@@ -113,19 +139,39 @@ impl Progress {
         self.bar.finish_and_clear();
     }
 
-    /// Runs `work`, a step that reports no progress of its own (a forward pass inside
-    /// libtorch), under a spinner for `stage`: a helper thread ticks it, so it appears once
-    /// the step has run for [`SHOW_AFTER`] and is erased when the step ends.
+    /// Runs `work`, a step that reports no progress of its own (loading a TorchScript
+    /// archive inside libtorch), under a spinner for `stage`: a helper thread ticks it, so
+    /// it appears once the step has run for [`show_after`] and is erased when the step ends.
     pub fn while_running<T>(stage: &str, work: impl FnOnce() -> T) -> T {
+        Self::while_counting(stage, None, || None, work)
+    }
+
+    /// As [`Progress::while_running`], for a step whose count another thread can read
+    /// while it runs (`poll`: ops seen so far, say) and whose `total` may be known: the
+    /// spinner shows `count/total`.
+    pub fn while_counting<T>(
+        stage: &str,
+        total: Option<u64>,
+        poll: impl Fn() -> Option<u64> + Sync,
+        work: impl FnOnce() -> T,
+    ) -> T {
         let p = Self::spinner(stage);
         let done = AtomicBool::new(false);
         let out = std::thread::scope(|scope| {
-            let ticker = scope.spawn(|| {
-                while !done.load(Ordering::Acquire) {
-                    p.maybe_show();
-                    p.bar.tick();
-                    std::thread::park_timeout(Duration::from_millis(100));
+            let ticker = scope.spawn(|| loop {
+                // Checked after a first look, so a bar allowed at once is drawn at once.
+                if let Some(n) = poll() {
+                    p.bar.set_message(match total {
+                        Some(t) => format!("{n}/{t} "),
+                        None => format!("{n} "),
+                    });
                 }
+                p.maybe_show();
+                p.bar.tick();
+                if done.load(Ordering::Acquire) {
+                    break;
+                }
+                std::thread::park_timeout(Duration::from_millis(100));
             });
             let out = work();
             done.store(true, Ordering::Release);
@@ -140,7 +186,7 @@ impl Progress {
     fn maybe_show(&self) {
         if self.allowed
             && !self.shown.load(Ordering::Relaxed)
-            && self.start.elapsed() >= SHOW_AFTER
+            && self.start.elapsed() >= show_after()
             && !is_quiet()
         {
             // Only one thread attaches the bar.
@@ -149,6 +195,13 @@ impl Progress {
             }
         }
     }
+}
+
+/// A bar style from a constant template (it cannot fail to parse; the default otherwise).
+fn style(template: &str) -> ProgressStyle {
+    ProgressStyle::with_template(template)
+        .map(|s| s.progress_chars("=> "))
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
 }
 
 #[cfg(test)]

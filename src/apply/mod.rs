@@ -475,7 +475,7 @@ fn write_safetensors(job: &Job, tensors: &[OutTensor], file: &mut OutputFile) ->
     f.write_all(&(json.len() as u64).to_le_bytes())
         .map_err(|e| Error::io(&dest, e))?;
     f.write_all(&json).map_err(|e| Error::io(&dest, e))?;
-    let progress = crate::progress::Progress::new(offset, "writing");
+    let progress = crate::progress::Progress::bytes(offset, "writing");
     for t in tensors {
         write_tensor(job, t, file.file(), &dest, false)?;
         progress.inc(t.nbytes());
@@ -576,7 +576,7 @@ fn write_pth(job: &Job, tensors: &[OutTensor], file: &mut OutputFile) -> Result<
     let dest = file.dest().to_path_buf();
     let io = |e: std::io::Error| Error::io(&dest, e);
     let total: u64 = tensors.iter().map(OutTensor::nbytes).sum();
-    let progress = crate::progress::Progress::new(total, "writing");
+    let progress = crate::progress::Progress::bytes(total, "writing");
 
     let (zip_index, layout) = match &data.zip {
         Some((i, z)) => (Some(*i), Some(z)),

@@ -101,7 +101,7 @@ pub(super) fn write(
         .collect();
     entries.sort_by_key(|e| e.data_start);
     let total: u64 = entries.iter().map(|e| e.size).sum();
-    let progress = crate::progress::Progress::new(total, "writing");
+    let progress = crate::progress::Progress::bytes(total, "writing");
     let mut zip = ZipWriter::new(out.file());
     for record in entries {
         let name = &record.name;

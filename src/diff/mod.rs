@@ -327,7 +327,7 @@ impl<'s> Diff<'s> {
         };
         tasks.sort_by_key(|t| std::cmp::Reverse(size(t)));
         let total: u64 = tasks.iter().map(size).sum();
-        let progress = crate::progress::Progress::new(total, "reading tensors");
+        let progress = crate::progress::Progress::bytes(total, "reading tensors");
         let (da, db) = (&self.da, &self.db);
         let outcomes: Vec<(bool, u64, u64)> = tasks
             .par_iter()

@@ -262,7 +262,12 @@ pub fn read_sharded(index_path: &Path) -> Result<ModelSpec> {
     let dir = index_path.parent().unwrap_or(Path::new("."));
     // Shards in order of first mention, each header read once.
     let mut shards: Vec<(String, Header)> = Vec::new();
-    let progress = crate::progress::Progress::new(weight_map.len() as u64, "reading");
+    let shard_count = weight_map
+        .values()
+        .filter_map(|v| v.as_str())
+        .collect::<std::collections::HashSet<_>>()
+        .len();
+    let progress = crate::progress::Progress::new(shard_count as u64, "reading shards");
     let mut order: Vec<(String, usize)> = Vec::with_capacity(weight_map.len());
     for (name, shard) in weight_map {
         let shard = shard.as_str().ok_or_else(|| {
@@ -286,11 +291,11 @@ pub fn read_sharded(index_path: &Path) -> Result<ModelSpec> {
                 check_inside(index_path, dir, &file)?;
                 let h = read_header(&file)?;
                 shards.push((shard.to_string(), h));
+                progress.inc(1);
                 shards.len() - 1
             }
         };
         order.push((name.clone(), si));
-        progress.inc(1);
     }
     progress.finish();
     let mut spec = ModelSpec {

@@ -53,6 +53,7 @@ extern "C" {
         err: *mut *mut c_char,
     ) -> *mut c_char;
     fn wm_module_trace_static(m: *mut WmModule, err: *mut *mut c_char) -> *mut c_char;
+    fn wm_trace_progress(ops: *mut u64, tensors: *mut u64);
     fn wm_module_graph_summary(m: *mut WmModule, err: *mut *mut c_char) -> *mut c_char;
 }
 
@@ -422,6 +423,15 @@ impl ScriptModule {
         }
         Ok(uses)
     }
+}
+
+/// The dynamic trace in progress (in any thread): (outermost ops seen, distinct tensors
+/// used) so far; for a progress bar.
+pub(crate) fn trace_progress() -> (u64, u64) {
+    let (mut ops, mut tensors) = (0u64, 0u64);
+    // SAFETY: the shim only stores two integers through the pointers.
+    unsafe { wm_trace_progress(&mut ops, &mut tensors) };
+    (ops, tensors)
 }
 
 fn input_ptrs(inputs: &[tch::Tensor]) -> Vec<*mut c_void> {

@@ -19,6 +19,7 @@
 #include <ATen/record_function.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <map>
@@ -299,17 +300,27 @@ c10::Device parse_device(const char* device) {
 // The recorder of the trace in progress on this thread; the callback is thread-local too.
 struct Recorder {
   std::unordered_map<const void*, size_t> impl_to_entry;
+  std::vector<bool> seen;  // per entry: used at least once (for the progress count)
   std::vector<Use> uses;
   uint64_t calls = 0;
   int depth = 0;  // nesting of aten ops: only the outermost op of a call tree counts
 };
 thread_local Recorder* t_recorder = nullptr;
 
+// Progress of the trace in progress (one at a time, see g_trace_mutex), read by another
+// thread to draw a progress bar: outermost ops seen, distinct entries used.
+std::atomic<uint64_t> g_trace_ops{0};
+std::atomic<uint64_t> g_trace_tensors{0};
+
 void record_tensor(Recorder& r, const at::Tensor& t, const char* op) {
   if (!t.defined()) return;
   auto hit = r.impl_to_entry.find(t.unsafeGetTensorImpl());
   if (hit != r.impl_to_entry.end()) {
     r.uses.push_back(Use{hit->second, op, r.calls});
+    if (hit->second < r.seen.size() && !r.seen[hit->second]) {
+      r.seen[hit->second] = true;
+      g_trace_tensors.fetch_add(1, std::memory_order_relaxed);
+    }
   }
 }
 
@@ -339,6 +350,7 @@ std::unique_ptr<at::ObserverContext> on_op_start(const at::RecordFunction& fn) {
     const size_t n = std::min(fn.num_inputs(), all.size());
     for (const auto& v : all.slice(all.size() - n)) record_value(*r, v, fn.name());
     ++r->calls;
+    g_trace_ops.store(r->calls, std::memory_order_relaxed);
   }
   return std::make_unique<OpContext>();
 }
@@ -360,6 +372,8 @@ struct TraceScope {
   torch::jit::GraphOptimizerEnabledGuard optimize{false};
   at::RecordFunctionGuard enabled{true};  // in case something turned RecordFunction off
   explicit TraceScope(Recorder* r) {
+    g_trace_ops.store(0, std::memory_order_relaxed);
+    g_trace_tensors.store(0, std::memory_order_relaxed);
     t_recorder = r;
     handle = at::addThreadLocalCallback(at::RecordFunctionCallback(on_op_start, on_op_end)
                                             .needsInputs(true)
@@ -596,6 +610,7 @@ char* wm_module_trace_dynamic(wm_module* m, void* const* inputs, size_t n, char*
     for (size_t i = 0; i < m->entries.size(); ++i) {
       rec.impl_to_entry.emplace(m->entries[i].tensor.unsafeGetTensorImpl(), canonical(*m, i));
     }
+    rec.seen.assign(m->entries.size(), false);
     {
       TraceScope scope(&rec);
       run_forward(m, inputs, n);
@@ -608,6 +623,13 @@ char* wm_module_trace_dynamic(wm_module* m, void* const* inputs, size_t n, char*
     out = dup(uses_json(rec.uses, rec.calls));
   });
   return out;
+}
+
+// The dynamic trace in progress: outermost ops seen and distinct tensors used so far (any
+// thread may ask; zeros before the first trace).
+void wm_trace_progress(uint64_t* ops, uint64_t* tensors) {
+  *ops = g_trace_ops.load(std::memory_order_relaxed);
+  *tensors = g_trace_tensors.load(std::memory_order_relaxed);
 }
 
 // Static order: walks forward's graph with every method call inlined and lists, in graph

@@ -44,7 +44,9 @@ pub fn script_module(path: &Path, device: Device) -> Result<ScriptModule> {
     require_torchscript(path)?;
     // libtorch's loader recurses over the archive's code and pickles: bound them first.
     super::torchscript_archive::check(path)?;
-    ScriptModule::load(path, device)
+    crate::progress::Progress::while_running("loading TorchScript", || {
+        ScriptModule::load(path, device)
+    })
 }
 
 /// Without libtorch there is no TorchScript loader: says so.

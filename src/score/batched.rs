@@ -508,7 +508,10 @@ pub fn top_candidates_from(
         list.sort_unstable_by_key(|(c, _)| *c);
         tiles.extend(list.into_iter().map(|(_, rc)| rc));
     }
-    let progress = Progress::new(tiles.iter().map(|(r, _)| r.len() as u64).sum(), "scoring");
+    let progress = Progress::new(
+        tiles.iter().map(|(r, _)| r.len() as u64).sum(),
+        "scoring tensors",
+    );
     let _guard = tch::no_grad_guard();
     for (rows, cols) in &tiles {
         score_tile(s, t, rows, cols, options, context, &mut out, &progress).map_err(torch_err)?;

@@ -37,6 +37,30 @@ use crate::read::script_module;
 #[cfg(feature = "libtorch")]
 use std::collections::HashSet;
 
+/// Tracing that takes longer than this is worth doing once: [`reuse_hint`] says how.
+pub const SLOW_TRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// What to say when getting the order of `model` took `took` (loading and tracing it) as
+/// the `side` ("source" or "target") of a `map`: nothing when it was quick, else how
+/// `weightmap trace -o` and `--source-order`/`--target-order` reuse the order next time.
+/// `inputs` are the `--input` flags the trace used (repeated in the hint).
+pub fn reuse_hint(
+    model: &Path,
+    side: &str,
+    inputs: &[InputSpec],
+    took: std::time::Duration,
+) -> Option<String> {
+    if took <= SLOW_TRACE {
+        return None;
+    }
+    let flags: String = inputs.iter().map(|i| format!(" --input {i}")).collect();
+    Some(format!(
+        "the {side}'s execution order took {:.1} s; trace it once with `weightmap trace {}{flags} -o {side}_order.json` and map with `--{side}-order {side}_order.json` to reuse it",
+        took.as_secs_f64(),
+        model.display(),
+    ))
+}
+
 /// How an execution order was obtained.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -200,8 +224,18 @@ impl ScriptModule {
     /// device) and records the first outermost op that takes each tensor.
     pub fn trace(&self, inputs: &[InputSpec]) -> Result<ExecutionOrder> {
         let tensors = make_inputs(inputs, self.device())?;
-        let uses =
-            crate::progress::Progress::while_running("tracing", || self.dynamic_uses(&tensors))?;
+        // The bar counts the distinct tensors forward has used so far (tied names are one).
+        let total = self
+            .state_entries()
+            .iter()
+            .filter(|e| e.tied_to.is_none())
+            .count() as u64;
+        let uses = crate::progress::Progress::while_counting(
+            "tracing tensors",
+            Some(total),
+            || Some(ffi::trace_progress().1),
+            || self.dynamic_uses(&tensors),
+        )?;
         // Tensor identity cannot tell tied names apart; the graph can. Its order of first use
         // per name decides which name each use of a tied tensor is attributed to. Without a
         // graph (a failing walk) the state-dict order stands in.
@@ -215,7 +249,8 @@ impl ScriptModule {
 
     /// Static order: the first use of each tensor in the inlined `forward` graph.
     pub fn static_order(&self) -> Result<ExecutionOrder> {
-        let uses = crate::progress::Progress::while_running("tracing", || self.static_uses())?;
+        let uses =
+            crate::progress::Progress::while_running("tracing graph", || self.static_uses())?;
         Ok(self.build_order(OrderMode::Static, &uses.uses, &[]))
     }
 
@@ -339,5 +374,33 @@ impl ScriptModule {
             also_used,
             note: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_slow_trace_says_how_to_reuse_it_and_a_quick_one_says_nothing() {
+        let model = Path::new("m.pt");
+        let inputs: Vec<InputSpec> = vec!["1x16:i64:0-1000".parse().unwrap()];
+        assert_eq!(
+            reuse_hint(model, "target", &inputs, Duration::from_millis(300)),
+            None
+        );
+        let hint = reuse_hint(
+            model,
+            "target",
+            &inputs,
+            SLOW_TRACE + Duration::from_secs(1),
+        )
+        .expect("a slow trace gets a hint");
+        assert!(
+            hint.contains("weightmap trace m.pt --input 1x16:i64:0-1000 -o target_order.json")
+                && hint.contains("--target-order target_order.json"),
+            "{hint}"
+        );
     }
 }

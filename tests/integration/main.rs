@@ -34,6 +34,8 @@ mod lookalikes;
 #[cfg(feature = "libtorch")]
 mod order;
 #[cfg(feature = "libtorch")]
+mod progress;
+#[cfg(feature = "libtorch")]
 mod report;
 #[cfg(feature = "libtorch")]
 mod scale;

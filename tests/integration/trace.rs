@@ -383,6 +383,26 @@ fn cli_writes_one_json_object_and_prints_a_table() {
         "{text}"
     );
 
+    // -o with --print: the file, and the whole table as well.
+    let printed = dir.path().join("printed.json");
+    let both = weightmap(&[
+        "trace",
+        "models/trace_branch.pt",
+        "--input",
+        "1x8",
+        "-o",
+        printed.to_str().unwrap(),
+        "--print",
+    ]);
+    let text = String::from_utf8_lossy(&both.stdout);
+    assert!(both.status.success() && printed.is_file(), "{text}");
+    assert!(
+        text.starts_with("dynamic order of models/trace_branch.pt on cpu")
+            && text.contains("untouched (2):")
+            && text.lines().count() > 4,
+        "{text}"
+    );
+
     let table = weightmap(&["trace", "models/trace_branch.pt", "--input", "1x8"]);
     let text = String::from_utf8_lossy(&table.stdout);
     assert!(

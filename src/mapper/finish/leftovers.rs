@@ -121,11 +121,17 @@ impl<'a> State<'a> {
         let cand_rows: Vec<Vec<usize>> = if batched {
             self.batched_candidates(&left_s, &left_t, &taken_s, &taken_t, &exact_rows)?
         } else {
-            exact_rows
+            let progress = Progress::new(left_s.len() as u64, "candidates");
+            let rows = exact_rows
                 .into_par_iter()
                 .zip(left_s.par_iter())
-                .map(|(cands, &su)| self.nearest_in_context(su, cands, &left_t))
-                .collect()
+                .map(|(cands, &su)| {
+                    progress.inc(1);
+                    self.nearest_in_context(su, cands, &left_t)
+                })
+                .collect();
+            progress.finish();
+            rows
         };
         let scoring = ScoringSummary {
             search: if batched {
@@ -143,7 +149,7 @@ impl<'a> State<'a> {
             leftover_units: left_s.len(),
             exact_pairs: cand_rows.iter().map(Vec::len).sum(),
         };
-        let progress = Progress::new(left_s.len() as u64, "solving");
+        let progress = Progress::new(left_s.len() as u64, "scoring units");
         let rows: Vec<Vec<ScoredCandidate>> = left_s
             .par_iter()
             .zip(cand_rows)
@@ -170,8 +176,8 @@ impl<'a> State<'a> {
                 cell.insert((r, *k), *sc);
             }
         }
-        let assigned = assign(left_s.len(), &edges);
         progress.finish();
+        let assigned = assign(left_s.len(), &edges);
         let row_of_col: HashMap<usize, usize> = assigned.iter().map(|a| (a.col, a.row)).collect();
         let col_of_row: HashMap<usize, usize> = assigned.iter().map(|a| (a.row, a.col)).collect();
         let mut rows_of_col: HashMap<usize, Vec<(usize, f64)>> = HashMap::new();

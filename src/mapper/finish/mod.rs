@@ -182,7 +182,8 @@ pub(crate) fn run<'a>(m: &'a Mapper, opts: &SuggestOptions) -> Result<(MappingRe
 
     clock.lap("sides");
     // 2. Structure.
-    let st = Progress::while_running("matching", || {
+    // (Each pass draws its own bar.)
+    let st = {
         let first = Matcher::new(&s, &t, use_names, &incompat, None).run();
         // Blocks decided early cannot use the renamings of blocks decided later: when the
         // complete set of renamings settles something the first pass missed, once more.
@@ -191,7 +192,7 @@ pub(crate) fn run<'a>(m: &'a Mapper, opts: &SuggestOptions) -> Result<(MappingRe
         } else {
             first
         }
-    });
+    };
     let mut state = State {
         s,
         t,
@@ -336,7 +337,7 @@ pub(crate) fn run<'a>(m: &'a Mapper, opts: &SuggestOptions) -> Result<(MappingRe
     for (p, ..) in &scored {
         state.t_to_s.insert(p.t, p.s);
     }
-    let progress = Progress::new(scored.len() as u64, "scoring");
+    let progress = Progress::new(scored.len() as u64, "reviewing pairs");
     // A pair decided by scores whose margin comes from a file's key order alone (the order
     // part of the score, with a checkpoint's registration order on one side) is flagged;
     // where the target registered the tied candidates in another order than it runs them,

@@ -225,8 +225,12 @@ impl<'a, 'b> Matcher<'a, 'b> {
             t_root: String::new(),
             modules: true,
         }];
-        // Levels matched so far (the total is not known in advance).
-        let progress = crate::progress::Progress::spinner("matching");
+        // Module levels matched so far; each pairs a different source module or unit, so
+        // their number is the total's upper bound.
+        let progress = crate::progress::Progress::new(
+            (self.s.nodes.len() + self.s.units.len()) as u64,
+            "structure",
+        );
         while let Some(level) = work.pop() {
             progress.inc(1);
             let pairs = self.match_level(level);

@@ -33,13 +33,20 @@ pub struct Args {
     pub allow_new: Vec<String>,
     /// A torch.save'd dict {"inputs": [tensor, ...], "reference_output": tensor or [tensors]}
     /// (saved once from the original model): run the target on those inputs and fail (exit 3)
-    /// unless every output agrees with the reference within --tolerance.
+    /// unless every output agrees with the reference within --atol/--rtol.
     #[arg(long, value_name = "FILE", conflicts_with = "inputs")]
     pub reference: Option<PathBuf>,
-    /// Outputs agree when |target - source| <= tol + tol * |source| everywhere (the source
-    /// model's output, or the reference's).
-    #[arg(long, default_value_t = verify::DEFAULT_TOLERANCE)]
+    /// Outputs agree when |target - reference| <= atol + rtol * |reference| everywhere
+    /// (torch.allclose; the reference is the --reference file's output or the source
+    /// model's). --tolerance T sets both atol and rtol to T.
+    #[arg(long, value_name = "T", default_value_t = verify::DEFAULT_TOLERANCE)]
     pub tolerance: f64,
+    /// The absolute tolerance of torch.allclose [default: --tolerance].
+    #[arg(long, value_name = "ATOL")]
+    pub atol: Option<f64>,
+    /// The relative tolerance of torch.allclose [default: --tolerance].
+    #[arg(long, value_name = "RTOL")]
+    pub rtol: Option<f64>,
     /// The mapping the checkpoint was written with, to list its transforms.
     #[arg(long)]
     pub mapping: Option<PathBuf>,
@@ -57,12 +64,14 @@ pub struct Args {
 /// Runs `weightmap verify`; exits with [`super::EXIT_CHECK_FAILED`] when the check ran and
 /// failed (an error that keeps it from running exits 1 or 2, as every command does).
 pub fn run(args: Args) -> anyhow::Result<()> {
-    if args.tolerance.is_nan() || args.tolerance < 0.0 {
-        return Err(weightmap::Error::invalid(
-            "--tolerance",
-            format!("{}; give a number >= 0", args.tolerance),
-        )
-        .into());
+    for (flag, value) in [
+        ("--tolerance", Some(args.tolerance)),
+        ("--atol", args.atol),
+        ("--rtol", args.rtol),
+    ] {
+        if let Some(v) = value.filter(|v| !(*v >= 0.0 && v.is_finite())) {
+            return Err(weightmap::Error::invalid(flag, format!("{v}; give a number >= 0")).into());
+        }
     }
     let inputs = args.inputs.inputs.clone();
     let checkpoint = read_model(
@@ -79,6 +88,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         strict: args.strict,
         allow_new: args.allow_new.clone(),
         tolerance: Some(args.tolerance),
+        atol: args.atol,
+        rtol: args.rtol,
         mapping: args.mapping.as_deref().map(Mapping::load).transpose()?,
         device: Some(args.device.device),
         reference: args.reference.clone(),
@@ -93,6 +104,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         std::process::exit(super::EXIT_CHECK_FAILED);
     }
     Ok(())
+}
+
+/// The tolerance in words: one number when atol = rtol (`--tolerance`).
+fn bound(atol: f64, rtol: f64) -> String {
+    if atol == rtol {
+        format!("tolerance {atol:.1e}")
+    } else {
+        format!("atol {atol:.1e}, rtol {rtol:.1e}")
+    }
 }
 
 /// Names shown per section before "... and N more".
@@ -175,24 +195,24 @@ fn print_report(r: &VerifyReport) {
     }
     if let Some(c) = &r.comparison {
         println!(
-            "vs {}: max abs diff {:.3e}, cosine {:.6}, tolerance {:.1e}: {}",
+            "vs {}: max abs diff {:.3e}, cosine {:.6}, {}: {}",
             c.source_model,
             c.max_abs_diff,
             c.cosine,
-            c.tolerance,
+            bound(c.atol, c.rtol),
             if c.pass { "match" } else { "DIFFER" }
         );
     }
     if let Some(reference) = &r.reference {
         for o in &reference.outputs {
             println!(
-                "vs {} output {} {:?}: max abs diff {:.3e}, cosine {:.6}, tolerance {:.1e}: {}",
+                "vs {} output {} {:?}: max abs diff {:.3e}, cosine {:.6}, {}: {}",
                 reference.file,
                 o.index,
                 o.reference_shape,
                 o.max_abs_diff,
                 o.cosine,
-                reference.tolerance,
+                bound(reference.atol, reference.rtol),
                 if o.pass { "match" } else { "DIFFER" }
             );
         }

@@ -11,7 +11,8 @@
 //! The comparison: the source model runs with its own weights (as saved in its TorchScript
 //! file, or loaded from `source_checkpoint`), the target runs with the adapted checkpoint,
 //! both on the same seeded inputs; they agree when every output element is within
-//! `tolerance` (absolute plus relative, as `torch.allclose(atol=rtol=tolerance)`).
+//! tolerance (absolute plus relative, as `torch.allclose(atol, rtol)`; both default to
+//! `tolerance`).
 //!
 //! With a reference ([`reference`]), the target runs on the reference's inputs instead and
 //! each of its outputs is compared with the saved one under the same tolerance.
@@ -58,8 +59,13 @@ pub struct VerifyOptions {
     pub strict: bool,
     /// Names or prefixes of target tensors meant to be new (excluded from `strict`).
     pub allow_new: Vec<String>,
-    /// Tolerance of the output comparison; `None` for [`DEFAULT_TOLERANCE`].
+    /// Tolerance of the output comparison, absolute and relative alike; `None` for
+    /// [`DEFAULT_TOLERANCE`].
     pub tolerance: Option<f64>,
+    /// The absolute part (`atol` of `torch.allclose`); `None` for `tolerance`.
+    pub atol: Option<f64>,
+    /// The relative part (`rtol` of `torch.allclose`); `None` for `tolerance`.
+    pub rtol: Option<f64>,
     /// A mapping whose transforms to list as TRANSFORMED (safetensors written by apply
     /// record them themselves).
     pub mapping: Option<Mapping>,
@@ -127,8 +133,12 @@ pub struct Comparison {
     pub max_abs_diff: f64,
     /// Cosine similarity of the flattened outputs (0 when the shapes differ).
     pub cosine: f64,
-    /// The tolerance used.
+    /// The tolerance given (the default of `atol` and `rtol`).
     pub tolerance: f64,
+    /// The absolute tolerance used.
+    pub atol: f64,
+    /// The relative tolerance used.
+    pub rtol: f64,
     /// Whether the outputs agree within the tolerance.
     pub pass: bool,
 }
@@ -155,8 +165,12 @@ pub struct OutputCheck {
 pub struct ReferenceCheck {
     /// The reference file.
     pub file: String,
-    /// The tolerance used (atol = rtol, as `torch.allclose`).
+    /// The tolerance given (the default of `atol` and `rtol`).
     pub tolerance: f64,
+    /// The absolute tolerance used (`atol` of `torch.allclose`).
+    pub atol: f64,
+    /// The relative tolerance used (`rtol` of `torch.allclose`).
+    pub rtol: f64,
     /// One entry per reference output.
     pub outputs: Vec<OutputCheck>,
     /// Whether every output agrees.
@@ -326,8 +340,40 @@ pub fn default_inputs(module: &ScriptModule) -> Vec<Vec<InputSpec>> {
     candidates.into_iter().flatten().map(|s| vec![s]).collect()
 }
 
-/// Largest absolute difference and cosine similarity of two outputs of equal shape.
-fn compare(a: &Tensor, b: &Tensor, tolerance: f64) -> (f64, f64, bool) {
+/// The tolerances of an output comparison, as `torch.allclose` takes them.
+#[derive(Debug, Clone, Copy)]
+struct Tolerance {
+    given: f64,
+    atol: f64,
+    rtol: f64,
+}
+
+impl Tolerance {
+    fn of(options: &VerifyOptions) -> Self {
+        let given = options.tolerance.unwrap_or(DEFAULT_TOLERANCE);
+        Tolerance {
+            given,
+            atol: options.atol.unwrap_or(given),
+            rtol: options.rtol.unwrap_or(given),
+        }
+    }
+
+    /// The bound a failure message names.
+    fn describe(&self) -> String {
+        if self.atol == self.rtol {
+            format!("tolerance {:.1e}", self.atol)
+        } else {
+            format!(
+                "atol {:.1e} + rtol {:.1e} x |reference|",
+                self.atol, self.rtol
+            )
+        }
+    }
+}
+
+/// Largest absolute difference and cosine similarity of two outputs of equal shape, and
+/// whether they agree as `torch.allclose(a, b, atol, rtol)` says.
+fn compare(a: &Tensor, b: &Tensor, tol: Tolerance) -> (f64, f64, bool) {
     let a = a.to_kind(Kind::Double).flatten(0, -1);
     let b = b.to_kind(Kind::Double).flatten(0, -1);
     let diff = (&a - &b).abs();
@@ -347,8 +393,8 @@ fn compare(a: &Tensor, b: &Tensor, tolerance: f64) -> (f64, f64, bool) {
     } else {
         dot / norms
     };
-    // allclose(a, b, atol=tol, rtol=tol): |a - b| <= tol + tol * |b|
-    let limit = b.abs() * tolerance + tolerance;
+    // allclose(a, b, atol, rtol): |a - b| <= atol + rtol * |b|
+    let limit = b.abs() * tol.rtol + tol.atol;
     let close = diff.numel() == 0 || bool::try_from(diff.le_tensor(&limit).all()).unwrap_or(false);
     (max, cosine, close && max.is_finite())
 }
@@ -423,7 +469,7 @@ pub fn verify(
     let converted = converted_tensors(checkpoint, options.mapping.as_ref());
 
     // Forward on the given or default inputs.
-    let tolerance = options.tolerance.unwrap_or(DEFAULT_TOLERANCE);
+    let tolerance = Tolerance::of(options);
     let candidates = if options.reference.is_some() {
         vec![]
     } else if options.inputs.is_empty() {
@@ -491,7 +537,9 @@ pub fn verify(
                 source_shape: reference.size(),
                 max_abs_diff,
                 cosine,
-                tolerance,
+                tolerance: tolerance.given,
+                atol: tolerance.atol,
+                rtol: tolerance.rtol,
                 pass,
             });
         }
@@ -525,8 +573,8 @@ pub fn verify(
                 )
             } else {
                 format!(
-                    "output {} differs from the reference: max abs diff {:.3e} > tolerance {:.1e} (cosine {:.6}; {})",
-                    o.index, o.max_abs_diff, r.tolerance, o.cosine, r.file
+                    "output {} differs from the reference: max abs diff {:.3e}, not within {} (cosine {:.6}; {})",
+                    o.index, o.max_abs_diff, tolerance.describe(), o.cosine, r.file
                 )
             });
         }
@@ -542,8 +590,10 @@ pub fn verify(
                     )
                 } else {
                     format!(
-                        "outputs differ: max abs diff {:.3e} > tolerance {:.1e} (cosine {:.6})",
-                        c.max_abs_diff, c.tolerance, c.cosine
+                        "outputs differ: max abs diff {:.3e}, not within {} (cosine {:.6})",
+                        c.max_abs_diff,
+                        tolerance.describe(),
+                        c.cosine
                     )
                 },
             );
@@ -603,7 +653,7 @@ fn run_reference(
     path: &Path,
     r: &reference::Reference,
     device: Device,
-    tolerance: f64,
+    tolerance: Tolerance,
 ) -> Result<ReferenceRun> {
     let td = crate::libtorch::tch_device(device);
     let inputs: Vec<Tensor> = r.inputs.iter().map(|t| t.to_device(td)).collect();
@@ -650,7 +700,9 @@ fn run_reference(
     }
     let check = ReferenceCheck {
         file: path.display().to_string(),
-        tolerance,
+        tolerance: tolerance.given,
+        atol: tolerance.atol,
+        rtol: tolerance.rtol,
         pass: checks.iter().all(|c| c.pass),
         outputs: checks,
     };

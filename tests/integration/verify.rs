@@ -407,6 +407,9 @@ with torch.no_grad():
     y, h = tgt(x)
 torch.save({"inputs": [x], "reference_output": y}, d + "/io.pt")
 torch.save({"inputs": [x], "reference_output": [y, h]}, d + "/io_list.pt")
+near = {k: v.clone() for k, v in tgt.state_dict().items()}
+near["head.bias"] += 1e-3  # every output element off by 1e-3 exactly
+torch.save(near, d + "/perturbed.pth")
 torch.save({"inputs": [x]}, d + "/no_output.pt")
 torch.save([x, y], d + "/not_a_dict.pt")
 torch.save({"inputs": [x, x], "reference_output": y}, d + "/two_inputs.pt")
@@ -491,6 +494,64 @@ fn reference_check_fails_a_transposed_square_weight_and_passes_the_right_one() {
         "1000",
     ]);
     assert!(pass, "{report}");
+}
+
+#[test]
+fn reference_tolerances_are_torch_allclose_atol_and_rtol() {
+    let Some(py) = python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    run_python(&py, MAKE_REFERENCE_PAIR, &[s(d)]);
+    let (perturbed, target, io) = (
+        d.join("perturbed.pth"),
+        d.join("target.pt"),
+        d.join("io.pt"),
+    );
+    let check = |flags: &[&str]| {
+        let mut args = vec!["verify", s(&perturbed), s(&target), "--reference", s(&io)];
+        args.extend_from_slice(flags);
+        weightmap(&args)
+    };
+    // Off by 1e-3 everywhere: within an absolute 2e-3, or a relative 1000 x |reference|.
+    for loose in [
+        &["--atol", "2e-3", "--rtol", "0"][..],
+        &["--atol", "0", "--rtol", "1000"],
+    ] {
+        let r = check(loose);
+        let text = String::from_utf8_lossy(&r.stdout);
+        assert_eq!(r.status.code(), Some(0), "{loose:?}: {text}");
+        assert!(text.contains("match"), "{text}");
+    }
+    // Not within 5e-4 absolute (relative 0), nor within the default 1e-4 + 1e-4 x |ref|.
+    for tight in [&["--atol", "5e-4", "--rtol", "0"][..], &[]] {
+        let r = check(tight);
+        let text = String::from_utf8_lossy(&r.stdout);
+        assert_eq!(r.status.code(), Some(3), "{tight:?}: {text}");
+        assert!(
+            text.contains("output 0 differs from the reference"),
+            "{text}"
+        );
+    }
+    // The report says which tolerances were used.
+    let (pass, report) = verify_json(&[
+        s(&perturbed),
+        s(&target),
+        "--reference",
+        s(&io),
+        "--atol",
+        "5e-4",
+    ]);
+    assert!(!pass);
+    let r = &report["reference"];
+    assert_eq!(
+        (r["atol"].as_f64(), r["rtol"].as_f64()),
+        (Some(5e-4), Some(weightmap::verify::DEFAULT_TOLERANCE)),
+        "{r}"
+    );
+    let diff = r["outputs"][0]["max_abs_diff"].as_f64().unwrap();
+    assert!((diff - 1e-3).abs() < 1e-5, "{r}");
+    // A negative tolerance is a usage error.
+    assert_eq!(check(&["--rtol", "-1"]).status.code(), Some(2));
 }
 
 #[test]

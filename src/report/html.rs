@@ -338,6 +338,8 @@ pub fn report_data(
             })
             .collect()
     };
+    let s_patterns = unmatched_patterns(&result.unmatched_source, &s_index);
+    let t_patterns = unmatched_patterns(&result.unmatched_target, &t_index);
     json!({
         "v": DATA_VERSION,
         "source": result.source,
@@ -354,6 +356,9 @@ pub fn report_data(
         "m": matches,
         "us": unmatched(&result.unmatched_source, &s_index),
         "ut": unmatched(&result.unmatched_target, &t_index),
+        // The unmatched lists as the terminal collapses them (report::patterns): per row
+        // [name pattern, shape, reason pattern, tensor indices it stands for].
+        "up": {"s": s_patterns, "t": t_patterns},
         // Per conversion, each (source, target) it relates, as indices into "s" and "t".
         "cv": result.conversions.iter().map(|c| {
             c.sources
@@ -373,6 +378,31 @@ pub fn report_data(
             line
         }).collect::<Vec<_>>(),
     })
+}
+
+/// `list` collapsed into index patterns, as `map` prints it: one
+/// `[name pattern, shape, reason pattern, [indices into the side's tensors]]` per pattern,
+/// in the order of the list (tensors the page does not show are left out).
+fn unmatched_patterns(list: &[Unmatched], index: &HashMap<String, usize>) -> Vec<Value> {
+    let (rows, positions): (Vec<Vec<String>>, Vec<usize>) = list
+        .iter()
+        .filter_map(|u| {
+            let &i = index.get(&u.name).or_else(|| index.get(&u.original_name))?;
+            let row = vec![
+                u.original_name.clone(),
+                crate::report::terminal::shape_text(&u.shape),
+                u.reason.describe(),
+            ];
+            Some((row, i))
+        })
+        .unzip();
+    crate::report::patterns::collapse(&rows)
+        .into_iter()
+        .map(|c| {
+            let members: Vec<usize> = c.members.iter().map(|&k| positions[k]).collect();
+            json!([c.fields[0], c.fields[1], c.fields[2], members])
+        })
+        .collect()
 }
 
 /// JSON text safe inside a `<script>` element: `<`, `>` and `&` are written as JSON
@@ -435,7 +465,8 @@ pub fn render_html(data: &Value) -> String {
          <main id=\"main\"><section class=\"pane\" id=\"src-pane\" aria-label=\"source tree\"></section>\
          <div id=\"gutter\"><svg id=\"lines\" xmlns=\"http://www.w3.org/2000/svg\"></svg></div>\
          <section class=\"pane\" id=\"tgt-pane\" aria-label=\"target tree\"></section></main>\n\
-         <aside id=\"details\"><p class=\"hint\">Click a tensor to see its match and score breakdown.</p></aside>\n\
+         <aside id=\"details\"><div id=\"selection\"><p class=\"hint\">Click a tensor to see its match and score breakdown.</p></div>\
+         <div id=\"unmatched\"></div></aside>\n\
          <noscript><p>This report needs JavaScript to draw the trees.</p></noscript>\n\
          <script type=\"application/json\" id=\"wm-data\">{}</script>\n\
          <script>\n{SCRIPT}</script>\n</body>\n</html>\n",

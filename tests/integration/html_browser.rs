@@ -473,3 +473,25 @@ fn conversions_are_drawn_one_line_per_source_and_target() {
             .contains("split / concat / stack"));
     }
 }
+
+/// Long unmatched lists show as patterns (`8× blocks.{0..7}.gate.weight`) that open to
+/// list every tensor they stand for; the self-test opens them all and checks the names.
+#[test]
+fn unmatched_lists_collapse_into_patterns_that_open() {
+    let Some(browser) = chromium() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (source, target) = crate::patterns::repeated_unmatched_specs(dir.path());
+    let page = dir.path().join("patterns.html");
+    weightmap(&[
+        "report",
+        source.to_str().unwrap(),
+        target.to_str().unwrap(),
+        "-o",
+        page.to_str().unwrap(),
+    ]);
+    let result = check_page(&browser, &page);
+    assert_eq!(result["unmatched_expected"], 16, "{result}");
+    assert_eq!(result["unmatched_listed"], 16, "{result}");
+    assert_eq!(result["unmatched_lines"], 2, "{result}");
+    screenshot(&browser, &page, "report_patterns.png");
+}

@@ -3,10 +3,11 @@
 
 use crate::support::{s, weightmap};
 use std::collections::BTreeSet;
+use std::path::PathBuf;
 
 /// Every name a pattern line stands for: `{a..b}` and `{a,b}` vary independently, `{=K}`
 /// repeats the K-th brace (the notation of `weightmap::report::patterns`).
-fn expand(pattern: &str) -> Vec<String> {
+pub(crate) fn expand(pattern: &str) -> Vec<String> {
     let mut combos: Vec<(String, Vec<u64>)> = vec![(String::new(), vec![])];
     let mut rest = pattern;
     while let Some(open) = rest.find('{') {
@@ -139,4 +140,28 @@ fn moe_unmatched_lists_collapse_into_patterns_that_expand_back() {
     if checked == 0 {
         crate::support::missing::<()>("a corpus case tagged moe with 8+ unmatched tensors");
     }
+}
+
+/// Two model specs whose unmatched tensors repeat across 8 numbered blocks: the target's
+/// `blocks.N.gate.weight` and the source's `layers.N.old.bias` have no counterpart.
+/// Returns (source, target).
+pub(crate) fn repeated_unmatched_specs(dir: &std::path::Path) -> (PathBuf, PathBuf) {
+    let spec = |tensors: Vec<(String, Vec<i64>)>| {
+        let tensors: Vec<serde_json::Value> = tensors
+            .into_iter()
+            .map(|(n, s)| serde_json::json!({"name": n, "shape": s, "dtype": "float32"}))
+            .collect();
+        serde_json::json!({"format": "spec_json", "tensors": tensors}).to_string()
+    };
+    let (mut s_list, mut t_list) = (vec![], vec![]);
+    for i in 0..8 {
+        s_list.push((format!("layers.{i}.fc.weight"), vec![4, 8]));
+        s_list.push((format!("layers.{i}.old.bias"), vec![7]));
+        t_list.push((format!("blocks.{i}.fc.weight"), vec![4, 8]));
+        t_list.push((format!("blocks.{i}.gate.weight"), vec![6, 6]));
+    }
+    let (source, target) = (dir.join("source.json"), dir.join("target.json"));
+    std::fs::write(&source, spec(s_list)).unwrap();
+    std::fs::write(&target, spec(t_list)).unwrap();
+    (source, target)
 }

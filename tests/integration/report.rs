@@ -311,3 +311,70 @@ fn html_report_lists_the_target_in_execution_order() {
     runs.dedup();
     assert_eq!(runs, ["beta", "alpha", "gamma"], "{modules:?}");
 }
+
+/// The page gets the unmatched lists collapsed as the terminal prints them: one line per
+/// pattern, each with the tensors it stands for, and the patterns expand to exactly those.
+#[test]
+fn html_report_collapses_unmatched_lists_into_patterns() {
+    let dir = tempfile::tempdir().unwrap();
+    let (source, target) = crate::patterns::repeated_unmatched_specs(dir.path());
+    let page = dir.path().join("page.html");
+    stdout_ok(&[
+        "report",
+        source.to_str().unwrap(),
+        target.to_str().unwrap(),
+        "-o",
+        page.to_str().unwrap(),
+    ]);
+    let html = std::fs::read_to_string(&page).unwrap();
+    let open = "<script type=\"application/json\" id=\"wm-data\">";
+    let start = html.find(open).unwrap() + open.len();
+    let end = start + html[start..].find("</script>").unwrap();
+    let data: serde_json::Value = serde_json::from_str(&html[start..end]).unwrap();
+    for (side, tensors, unmatched, expected) in [
+        ("s", "s", "us", "layers.{0..7}.old.bias"),
+        ("t", "t", "ut", "blocks.{0..7}.gate.weight"),
+    ] {
+        let lines = data["up"][side].as_array().unwrap();
+        let names = |indices: &serde_json::Value| -> Vec<String> {
+            indices
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|i| {
+                    let i = i.as_u64().unwrap() as usize;
+                    data[tensors][i][0].as_str().unwrap().to_string()
+                })
+                .collect()
+        };
+        assert_eq!(lines.len(), 1, "{side}: one line for 8 tensors: {lines:?}");
+        let [pattern, shape, reason, members] = lines[0].as_array().unwrap().as_slice() else {
+            panic!("{side}: [pattern, shape, reason, members]: {lines:?}");
+        };
+        assert_eq!(pattern, expected, "{lines:?}");
+        assert!(shape.as_str().unwrap().starts_with('['), "{shape}");
+        assert!(!reason.as_str().unwrap().is_empty());
+        let mut listed = names(members);
+        listed.sort();
+        let mut expanded = crate::patterns::expand(pattern.as_str().unwrap());
+        expanded.sort();
+        assert_eq!(
+            listed, expanded,
+            "{side}: the members are what the pattern says"
+        );
+        // ... and exactly the unmatched tensors the page marks.
+        let mut marked: Vec<String> = data[unmatched]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|u| {
+                data[tensors][u[0].as_u64().unwrap() as usize][0]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        marked.sort();
+        assert_eq!(listed, marked);
+    }
+}

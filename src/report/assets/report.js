@@ -411,7 +411,7 @@
     return table;
   }
   function showDetails(sel) {
-    const box = $('details');
+    const box = $('selection');
     box.textContent = '';
     if (!sel) {
       box.appendChild(el('p', 'hint', 'Click a tensor to see its match and score breakdown.'));
@@ -486,6 +486,60 @@
     markSelected(true);
     showDetails(selected);
     drawLines();
+  }
+
+  // ---- unmatched lists, collapsed into index patterns as the terminal prints them ----
+  // D.up.s / D.up.t: [name pattern, shape, reason pattern, tensor indices] per line (see
+  // report::patterns for the notation). A line for many tensors opens to list them all.
+  function memberRow(t) {
+    const row = el('div', 'up-member', t.name);
+    row.dataset.name = t.name;
+    row.addEventListener('click', () => select(t));
+    return row;
+  }
+  function patternLine(side, [name, shape, why, members]) {
+    const line = el('div', 'up-row');
+    line.appendChild(el('span', 'up-n', members.length > 1 ? members.length + '×' : ''));
+    line.appendChild(el('span', 'up-name', name));
+    line.appendChild(el('span', 'sh', shape));
+    line.appendChild(el('span', 'up-why', why));
+    if (members.length === 1) {
+      const t = side.tensors[members[0]];
+      line.dataset.name = t.name;
+      line.classList.add('up-one');
+      line.addEventListener('click', () => select(t));
+      return line;
+    }
+    const box = el('details', 'up');
+    const summary = el('summary');
+    summary.appendChild(line);
+    box.appendChild(summary);
+    // The member rows are made when the line is first opened.
+    box.wmFill = () => {
+      if (box.wmFilled) return;
+      box.wmFilled = true;
+      const list = el('div', 'up-members');
+      for (const i of members) list.appendChild(memberRow(side.tensors[i]));
+      box.appendChild(list);
+    };
+    box.addEventListener('toggle', () => box.open && box.wmFill());
+    return box;
+  }
+  function renderUnmatched() {
+    const box = $('unmatched');
+    box.textContent = '';
+    const up = D.up || { s: [], t: [] };
+    let collapsed = false;
+    for (const [side, lines, title] of [[S, up.s, 'Unmatched source'], [T, up.t, 'Unmatched target']]) {
+      if (!lines.length) continue;
+      const n = lines.reduce((k, x) => k + x[3].length, 0);
+      box.appendChild(el('h4', null, title + ' (' + n + (lines.length < n ? ' tensors in ' + lines.length + (lines.length === 1 ? ' line' : ' lines') : '') + ')'));
+      for (const p of lines) {
+        box.appendChild(patternLine(side, p));
+        if (p[3].length > 1) collapsed = true;
+      }
+    }
+    if (collapsed) box.appendChild(el('div', 'muted', 'N× NAME: N tensors (open the line to list them); {a..b} every index a to b, {a,b} those, {=K} the K-th brace again'));
   }
 
   // ---- header, toolbar, events ----
@@ -615,7 +669,7 @@
       const m = M.find((x) => x.tr !== 'exact') || M[0];
       if (m) {
         m.s.row.dispatchEvent(new MouseEvent('click', { bubbles: true }));
-        const det = $('details');
+        const det = $('selection');
         const q = (s) => (det.querySelector(s) || {}).textContent;
         out.clicked = m.s.name;
         out.expected_target = m.t.name;
@@ -645,9 +699,22 @@
       out.filter_labels = {};
       for (const [key] of FILTERS) out.filter_labels[key] = $('filter-' + key).parentNode.textContent;
       out.rows_after_reset = rowCount();
+      // The unmatched lists: every line opened lists exactly the unmatched tensors, once.
+      const ups = document.querySelectorAll('#unmatched details.up');
+      for (const d of ups) {
+        d.open = true;
+        d.wmFill();
+      }
+      const listed = Array.from(document.querySelectorAll('#unmatched .up-member, #unmatched .up-one'), (r) => r.dataset.name);
+      const unmatchedNames = D.us.map(([i]) => S.tensors[i].name).concat(D.ut.map(([i]) => T.tensors[i].name));
+      out.unmatched_lines = document.querySelectorAll('#unmatched .up-row').length;
+      out.unmatched_listed = listed.length;
+      out.unmatched_expected = unmatchedNames.length;
+      const want = new Set(unmatchedNames);
+      const unmatchedOk = listed.length === unmatchedNames.length && new Set(listed).size === listed.length && listed.every((n) => want.has(n));
       const filtersOk = out.search[1] === out.search[2] && Object.values(out.filters).every(([a, b]) => a === b) &&
         out.rows_after_reset === S.tensors.length + T.tensors.length;
-      out.ok = missing.length === 0 && filtersOk && out.conversion_lines === out.conversion_members && (!m || (out.details_source === m.s.name && out.details_target === m.t.name &&
+      out.ok = missing.length === 0 && filtersOk && unmatchedOk && out.conversion_lines === out.conversion_members && (!m || (out.details_source === m.s.name && out.details_target === m.t.name &&
         out.breakdown_rows === 9 && out.details_total === out.expected_total && out.selected_rows === 2 && out.lines > 0));
       if (m) select(m.s);
     } catch (e) {
@@ -663,6 +730,7 @@
   T.pane = $('tgt-pane');
   stats();
   toolbar();
+  renderUnmatched();
   S.pane.addEventListener('click', onPaneClick);
   T.pane.addEventListener('click', onPaneClick);
   S.pane.addEventListener('scroll', scheduleLines, { passive: true });

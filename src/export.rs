@@ -16,6 +16,13 @@
 //! A target number that no source number equals (a stage renumbered from 1 to 0,
 //! `layer1.0` → `stages.0.blocks.0`) cannot be computed by a regex replacement: such
 //! containers get one rule each, with the indices inside them as groups.
+//!
+//! How few rules can do, [`rule_lower_bound`] proves: a rule's output is its key's text
+//! and its replacement's literal text, so a character a rename's target has and its
+//! source lacks is literal in the rule that makes it, and that rule writes it into every
+//! key it rewrites. Two renames where one needs such a character the other's target lacks
+//! need two rules, whatever the patterns (lookaheads, alternations and conditional groups
+//! only choose what is captured from the key).
 
 use crate::mapping::{Conversion, Mapping};
 use crate::rules::{Rule, Rules};
@@ -83,6 +90,101 @@ pub fn induce_rules(mapping: &Mapping, unmatched: Unmatched) -> crate::Result<Ru
         }
     }
     Rules::new(best.unwrap_or_default(), transforms)
+}
+
+/// A proven minimum of rules (see [`rule_lower_bound`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleBound {
+    /// No ordered list of Python `re.subn` rules (pattern, replacement; first match
+    /// rewrites) that reproduces the renames is shorter.
+    pub rules: usize,
+    /// Two renames no one rule can make, `(source, target)` each, and the character that
+    /// tells: the first's target has it, its source and the second's target do not.
+    pub witness: Option<((String, String), (String, String), char)>,
+}
+
+/// A lower bound on the number of rules any `key_mapping` (or rules file) needs to make
+/// every rename of `mapping` (those to the same name need none with [`Unmatched::Kept`]).
+///
+/// Why it holds: `re.subn(p, r, key)` writes the key's own text, the text groups capture
+/// from it, and `r`'s literal text once per match; a group that did not take part writes
+/// nothing. So a character that a target has and its source lacks is literal in `r`, and
+/// every key the rule rewrites gets it. Renames whose needs the others' targets cannot
+/// hold are pairwise incompatible; the largest such set found (greedily, over renames
+/// grouped by the characters they need and have) is the bound.
+pub fn rule_lower_bound(mapping: &Mapping, unmatched: Unmatched) -> RuleBound {
+    use std::collections::BTreeSet;
+    // Renames by (characters needed, characters of the target): members of one class
+    // can always share a rule as far as this argument goes, so one stands for all.
+    let mut classes: Vec<(BTreeSet<char>, BTreeSet<char>, usize)> = vec![];
+    let mut seen: HashMap<(BTreeSet<char>, BTreeSet<char>), usize> = HashMap::new();
+    for (k, e) in mapping.entries.iter().enumerate() {
+        if unmatched == Unmatched::Kept && e.source == e.target {
+            continue;
+        }
+        let has: BTreeSet<char> = e.target.chars().collect();
+        let source: BTreeSet<char> = e.source.chars().collect();
+        let needs: BTreeSet<char> = has.difference(&source).copied().collect();
+        seen.entry((needs.clone(), has.clone())).or_insert_with(|| {
+            classes.push((needs, has, k));
+            classes.len() - 1
+        });
+    }
+    let n = classes.len();
+    // The character that keeps a from sharing b's rule: a needs it, b's target lacks it.
+    let tell = |a: usize, b: usize| classes[a].0.difference(&classes[b].1).next().copied();
+    let apart = |a: usize, b: usize| tell(a, b).is_some() || tell(b, a).is_some();
+    let adjacent: Vec<Vec<bool>> = (0..n)
+        .map(|a| (0..n).map(|b| a != b && apart(a, b)).collect())
+        .collect();
+    let degree: Vec<usize> = adjacent
+        .iter()
+        .map(|r| r.iter().filter(|&&x| x).count())
+        .collect();
+    let mut starts: Vec<usize> = (0..n).collect();
+    starts.sort_by_key(|&a| std::cmp::Reverse(degree[a]));
+    // Greedy cliques from the best-connected classes (bounded work on huge models).
+    const STARTS: usize = 64;
+    let mut best: Vec<usize> = starts.first().map(|&a| vec![a]).unwrap_or_default();
+    for &start in starts.iter().take(STARTS) {
+        let mut clique = vec![start];
+        let mut candidates: Vec<usize> = (0..n).filter(|&b| adjacent[start][b]).collect();
+        while !candidates.is_empty() {
+            let &next = candidates
+                .iter()
+                .max_by_key(|&&c| {
+                    (
+                        candidates.iter().filter(|&&d| adjacent[c][d]).count(),
+                        std::cmp::Reverse(c),
+                    )
+                })
+                .expect("not empty");
+            clique.push(next);
+            candidates.retain(|&d| adjacent[next][d]);
+        }
+        if clique.len() > best.len() {
+            best = clique;
+        }
+    }
+    let pair = |c: usize| {
+        let e = &mapping.entries[classes[c].2];
+        (e.source.clone(), e.target.clone())
+    };
+    // A renumbered index tells the story best: a digit, when one tells a pair apart.
+    let told: Vec<((String, String), (String, String), char)> = best
+        .iter()
+        .flat_map(|&a| best.iter().map(move |&b| (a, b)))
+        .filter_map(|(a, b)| tell(a, b).map(|ch| (pair(a), pair(b), ch)))
+        .collect();
+    let witness = told
+        .iter()
+        .find(|w| w.2.is_ascii_digit())
+        .or(told.first())
+        .cloned();
+    RuleBound {
+        rules: best.len(),
+        witness,
+    }
 }
 
 /// Whether `rules` give `source` the name `target` (keeping it counts when unmatched keys
@@ -673,6 +775,41 @@ mod tests {
         let dropped = induce_rules(&mapping(&mixed), Unmatched::Dropped).unwrap();
         reproduced(&dropped, &mixed, Unmatched::Dropped);
         assert_eq!(dropped.rules().len(), 2, "{:?}", dropped.rules());
+    }
+
+    /// Stages renumbered from 1 to 0: the '2' of `stages.2` is in no source name of stage
+    /// 3, so the rule that makes it writes a '2' into every name it makes; stage 1's
+    /// target has none. With four modules renamed per stage as well, 4 × 2 rules at least.
+    #[test]
+    fn renumbered_stages_prove_a_minimum_of_rules() {
+        let mut pairs = vec![];
+        for stage in 1..=4 {
+            for (from, to) in [("conv", "conv_x"), ("bn", "norm_y")] {
+                pairs.push((
+                    format!("layer{stage}.0.{from}.weight"),
+                    format!("stages.{}.blocks.0.{to}.weight", stage - 1),
+                ));
+            }
+        }
+        let m = mapping(&pairs);
+        let bound = rule_lower_bound(&m, Unmatched::Kept);
+        let rules = induce_rules(&m, Unmatched::Kept).unwrap();
+        reproduced(&rules, &pairs, Unmatched::Kept);
+        assert_eq!(bound.rules, 8, "{bound:?}");
+        assert!(rules.rules().len() >= bound.rules);
+        let ((s1, t1), (_, t2), ch) = bound.witness.expect("a witness");
+        assert!(
+            t1.contains(ch) && !s1.contains(ch) && !t2.contains(ch),
+            "{ch}"
+        );
+
+        // Indices the target copies prove nothing: one rule may do.
+        let copied = mapping(&[
+            ("a.1.w".into(), "b.1.w".into()),
+            ("a.2.w".into(), "b.2.w".into()),
+        ]);
+        assert_eq!(rule_lower_bound(&copied, Unmatched::Kept).rules, 1);
+        assert_eq!(rule_lower_bound(&mapping(&[]), Unmatched::Kept).rules, 0);
     }
 
     #[test]

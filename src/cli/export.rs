@@ -85,5 +85,20 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         rules.rules().len(),
         mapping.entries.len()
     );
+    // Many rules for the renames: say why fewer cannot do, when it can be proven.
+    if args.format != ExportFormat::Python && rules.rules().len() * 10 > mapping.entries.len() {
+        let bound = weightmap::export::rule_lower_bound(&mapping, unmatched);
+        if let Some(((s1, t1), (s2, t2), ch)) = bound.witness.filter(|_| bound.rules > 1) {
+            eprintln!(
+                "note: no list of regex rules does with fewer than {}: '{s1}' -> '{t1}' needs a literal {ch:?} (its source has none), which the rule would also write into '{s2}' -> '{t2}'{}",
+                bound.rules,
+                if ch.is_ascii_digit() {
+                    " (a regex replacement cannot compute a renumbering)"
+                } else {
+                    ""
+                }
+            );
+        }
+    }
     Ok(())
 }

@@ -98,9 +98,19 @@ pub struct RuleBound {
     /// No ordered list of Python `re.subn` rules (pattern, replacement; first match
     /// rewrites) that reproduces the renames is shorter.
     pub rules: usize,
-    /// Two renames no one rule can make, `(source, target)` each, and the character that
-    /// tells: the first's target has it, its source and the second's target do not.
-    pub witness: Option<((String, String), (String, String), char)>,
+    /// Two renames no one rule can make (when the bound is above 1).
+    pub witness: Option<Witness>,
+}
+
+/// Two renames that cannot share a rule, and the character that tells.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Witness {
+    /// `(source, target)`: the target has [`Witness::character`], the source does not.
+    pub needs: (String, String),
+    /// `(source, target)`: the target lacks [`Witness::character`].
+    pub lacks: (String, String),
+    /// The character.
+    pub character: char,
 }
 
 /// A lower bound on the number of rules any `key_mapping` (or rules file) needs to make
@@ -171,14 +181,20 @@ pub fn rule_lower_bound(mapping: &Mapping, unmatched: Unmatched) -> RuleBound {
         (e.source.clone(), e.target.clone())
     };
     // A renumbered index tells the story best: a digit, when one tells a pair apart.
-    let told: Vec<((String, String), (String, String), char)> = best
+    let told: Vec<Witness> = best
         .iter()
         .flat_map(|&a| best.iter().map(move |&b| (a, b)))
-        .filter_map(|(a, b)| tell(a, b).map(|ch| (pair(a), pair(b), ch)))
+        .filter_map(|(a, b)| {
+            tell(a, b).map(|character| Witness {
+                needs: pair(a),
+                lacks: pair(b),
+                character,
+            })
+        })
         .collect();
     let witness = told
         .iter()
-        .find(|w| w.2.is_ascii_digit())
+        .find(|w| w.character.is_ascii_digit())
         .or(told.first())
         .cloned();
     RuleBound {
@@ -797,7 +813,8 @@ mod tests {
         reproduced(&rules, &pairs, Unmatched::Kept);
         assert_eq!(bound.rules, 8, "{bound:?}");
         assert!(rules.rules().len() >= bound.rules);
-        let ((s1, t1), (_, t2), ch) = bound.witness.expect("a witness");
+        let w = bound.witness.expect("a witness");
+        let ((s1, t1), (_, t2), ch) = (w.needs, w.lacks, w.character);
         assert!(
             t1.contains(ch) && !s1.contains(ch) && !t2.contains(ch),
             "{ch}"

@@ -88,7 +88,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     // Many rules for the renames: say why fewer cannot do, when it can be proven.
     if args.format != ExportFormat::Python && rules.rules().len() * 10 > mapping.entries.len() {
         let bound = weightmap::export::rule_lower_bound(&mapping, unmatched);
-        if let Some(((s1, t1), (s2, t2), ch)) = bound.witness.filter(|_| bound.rules > 1) {
+        if let Some(w) = bound.witness.filter(|_| bound.rules > 1) {
+            let ((s1, t1), (s2, t2), ch) = (w.needs, w.lacks, w.character);
             eprintln!(
                 "note: no list of regex rules does with fewer than {}: '{s1}' -> '{t1}' needs a literal {ch:?} (its source has none), which the rule would also write into '{s2}' -> '{t2}'{}",
                 bound.rules,

@@ -47,6 +47,10 @@ fn map_args(out: &Path) -> Vec<String> {
         "models/demo_target.pt",
         "--input",
         "1x3x32x32",
+        // Traced whatever the mapping needs (auto traces only when order would settle
+        // something), so that loading and tracing show.
+        "--order",
+        "dynamic",
         "--force",
         "-o",
         s(out),

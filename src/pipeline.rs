@@ -272,7 +272,13 @@ pub fn prepare(request: &MapRequest) -> Result<Prepared> {
     let target_order = match &request.target_order {
         Some(file) => Some(order_from_file(file, &target)?),
         None if deferred.target => None,
-        None => timed_order(request, "target", &request.inputs, &mut warnings, &mut notes)?,
+        None => timed_order(
+            request,
+            "target",
+            &request.inputs,
+            &mut warnings,
+            &mut notes,
+        )?,
     };
     let source_order = match &request.source_order {
         Some(file) => Some(order_from_file(file, &source)?),
@@ -380,7 +386,12 @@ fn timed_order(
     let start = std::time::Instant::now();
     let order = order_of(request, path, inputs, warnings)?;
     if order.is_some() {
-        notes.extend(crate::trace::reuse_hint(path, side, inputs, start.elapsed()));
+        notes.extend(crate::trace::reuse_hint(
+            path,
+            side,
+            inputs,
+            start.elapsed(),
+        ));
     }
     Ok(order)
 }

@@ -144,7 +144,8 @@ fn moe_unmatched_lists_collapse_into_patterns_that_expand_back() {
 
 /// Two model specs whose unmatched tensors repeat across 8 numbered blocks: the target's
 /// `blocks.N.gate.weight` and the source's `layers.N.old.bias` have no counterpart.
-/// Returns (source, target).
+/// Returns (source, target). (The HTML tests that use it need libtorch.)
+#[cfg_attr(not(feature = "libtorch"), allow(dead_code))]
 pub(crate) fn repeated_unmatched_specs(dir: &std::path::Path) -> (PathBuf, PathBuf) {
     let spec = |tensors: Vec<(String, Vec<i64>)>| {
         let tensors: Vec<serde_json::Value> = tensors

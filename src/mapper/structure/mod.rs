@@ -543,7 +543,10 @@ impl<'a, 'b> Matcher<'a, 'b> {
             // Every pair alike and allowed: every assignment ties with a runner-up (the
             // class holds more than one pair), so names cannot decide.
             let uniform = ts.iter().chain(&tt).all(|&k| k == ts[0]) && self.incompat.is_empty();
-            while !uniform {
+            loop {
+                if uniform {
+                    break;
+                }
                 let mut edges = vec![];
                 for (i, x) in rs.iter().enumerate() {
                     for (j, y) in rt.iter().enumerate() {

@@ -44,6 +44,11 @@ impl Constraints {
         target: &ModelSpec,
         allow_reshape: bool,
     ) -> Result<Resolved> {
+        // Indexing every name of two 90k-tensor models costs more than the rest of the
+        // mapper's preparation: only when there is a name to look up.
+        if self.pins.is_empty() && self.forbids.is_empty() {
+            return Ok(Resolved::default());
+        }
         let (si, ti) = (source.written_index(), target.written_index());
         let find = |index: &HashMap<&str, usize>, spec: &ModelSpec, side: &str, name: &str| {
             index.get(name).copied().ok_or_else(|| Error::MissingKey {

@@ -24,6 +24,9 @@ pub(crate) struct Unit {
     pub exact: u64,
     /// Signature with [`loose_shape`]s (equal for transposed counterparts).
     pub loose: u64,
+    /// [`SideModel::item_hash`] of the unit (exact, loose): a one-element subtree.
+    pub h_exact: u64,
+    pub h_loose: u64,
 }
 
 /// A module of the tree (virtual sub-modules of `X_weight` leaves included).
@@ -282,6 +285,8 @@ impl<'a> SideModel<'a> {
                         tensors: vec![],
                         exact: 0,
                         loose: 0,
+                        h_exact: 0,
+                        h_loose: 0,
                     });
                     unit_paths.push(module_path);
                     unit_by_label.insert(key, units.len() - 1);
@@ -312,9 +317,19 @@ impl<'a> SideModel<'a> {
         let mut node_by_path: HashMap<String, usize> = HashMap::new();
         node_by_path.insert(String::new(), 0);
         for (u, mp) in unit_paths.iter().enumerate() {
-            let mut cur = 0;
-            let mut path = String::new();
-            if !mp.is_empty() {
+            // The deepest ancestor (or the module itself) that exists already: usually
+            // the module or its parent, found in one or two lookups instead of one per
+            // level; the missing levels below it are created top-down as they appear.
+            // (A path with a leading `.` builds its prefixes otherwise: from the root.)
+            let mut known = if mp.starts_with('.') { 0 } else { mp.len() };
+            let mut cur = loop {
+                if let Some(&c) = node_by_path.get(&mp[..known]) {
+                    break c;
+                }
+                known = mp[..known].rfind('.').unwrap_or(0);
+            };
+            if mp.starts_with('.') {
+                let mut path = String::new();
                 for part in mp.split('.') {
                     if !path.is_empty() {
                         path.push('.');
@@ -330,6 +345,20 @@ impl<'a> SideModel<'a> {
                             c
                         }
                     };
+                }
+            } else if known < mp.len() {
+                let start = if known == 0 { 0 } else { known + 1 };
+                for (off, _) in mp[start..]
+                    .match_indices('.')
+                    .map(|(k, x)| (start + k, x))
+                    .chain(std::iter::once((mp.len(), "")))
+                {
+                    let path = &mp[..off];
+                    nodes.push(empty(path.to_string(), Some(cur)));
+                    let c = nodes.len() - 1;
+                    nodes[cur].children.push(c);
+                    node_by_path.insert(path.to_string(), c);
+                    cur = c;
                 }
             }
             units[u].node = cur;
@@ -361,6 +390,8 @@ impl<'a> SideModel<'a> {
             };
             u.exact = sig(false);
             u.loose = sig(true);
+            u.h_exact = hash_of(&vec![u.exact]);
+            u.h_loose = hash_of(&vec![u.loose]);
         }
 
         let mut side = SideModel {
@@ -604,11 +635,13 @@ impl<'a> SideModel<'a> {
                     self.nodes[x].h_exact
                 }
             }
-            Item::Unit(u) => hash_of(&vec![if loose {
-                self.units[u].loose
-            } else {
-                self.units[u].exact
-            }]),
+            Item::Unit(u) => {
+                if loose {
+                    self.units[u].h_loose
+                } else {
+                    self.units[u].h_exact
+                }
+            }
         }
     }
 

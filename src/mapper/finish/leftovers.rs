@@ -97,13 +97,38 @@ impl<'a> State<'a> {
             }
         }
         // Every same-role, same-shape candidate unit of each leftover unit: the exact list.
-        let exact_rows: Vec<Vec<usize>> = left_s
+        // It depends only on the unit's set of (role, shape) keys, so units of one class
+        // share one list: a flattened model's thousands of look-alike units would
+        // otherwise each hold a copy of a list of thousands (gigabytes at 37k tensors).
+        let row_keys: Vec<Vec<(Role, Vec<i64>)>> = left_s
             .par_iter()
             .map(|&su| {
-                let mut cands: Vec<usize> = free_s(su)
-                    .filter_map(|(r, si)| {
-                        index.get(&(key_role(r), key_shape(&self.s.spec.tensors[si].shape)))
-                    })
+                let mut keys: Vec<(Role, Vec<i64>)> = free_s(su)
+                    .map(|(r, si)| (key_role(r), key_shape(&self.s.spec.tensors[si].shape)))
+                    .collect();
+                keys.sort_unstable();
+                keys.dedup();
+                keys
+            })
+            .collect();
+        let mut class_of_keys: HashMap<&[(Role, Vec<i64>)], usize> = HashMap::new();
+        let row_class: Vec<usize> = row_keys
+            .iter()
+            .map(|k| {
+                let next = class_of_keys.len();
+                *class_of_keys.entry(k.as_slice()).or_insert(next)
+            })
+            .collect();
+        let mut class_keys: Vec<&[(Role, Vec<i64>)]> = vec![&[]; class_of_keys.len()];
+        for (k, c) in class_of_keys {
+            class_keys[c] = k;
+        }
+        let class_lists: Vec<Vec<usize>> = class_keys
+            .par_iter()
+            .map(|keys| {
+                let mut cands: Vec<usize> = keys
+                    .iter()
+                    .filter_map(|k| index.get(k))
                     .flatten()
                     .copied()
                     .collect();
@@ -112,18 +137,22 @@ impl<'a> State<'a> {
                 cands
             })
             .collect();
+        let exact_rows: Vec<&[usize]> = row_class
+            .iter()
+            .map(|&c| class_lists[c].as_slice())
+            .collect();
         let batched = !left_s.is_empty()
             && match self.search {
                 CandidateSearch::Exact => false,
                 CandidateSearch::Batched => true,
-                CandidateSearch::Auto => exact_rows.iter().any(|c| c.len() > MAX_EXACT_CANDIDATES),
+                CandidateSearch::Auto => class_lists.iter().any(|c| c.len() > MAX_EXACT_CANDIDATES),
             };
         let cand_rows: Vec<Vec<usize>> = if batched {
             self.batched_candidates(&left_s, &left_t, &taken_s, &taken_t, &exact_rows)?
         } else {
             let progress = Progress::new(left_s.len() as u64, "candidates");
             let rows = exact_rows
-                .into_par_iter()
+                .par_iter()
                 .zip(left_s.par_iter())
                 .map(|(cands, &su)| {
                     progress.inc(1);
@@ -302,17 +331,17 @@ impl<'a> State<'a> {
     pub(super) fn nearest_in_context(
         &self,
         su: usize,
-        cands: Vec<usize>,
+        cands: &[usize],
         left_t: &[usize],
     ) -> Vec<usize> {
         if cands.len() <= MAX_EXACT_CANDIDATES {
-            return cands;
+            return cands.to_vec();
         }
         let scopes = self.matched_scopes(self.s.units[su].tensors[0].1);
         let mut kept: Vec<usize> = vec![];
         for b in scopes {
             let path = &self.t.nodes[b].path;
-            for &k in &cands {
+            for &k in cands {
                 if kept.len() < MAX_EXACT_CANDIDATES
                     && !kept.contains(&k)
                     && self
@@ -387,7 +416,7 @@ impl<'a> State<'a> {
         left_t: &[usize],
         taken_s: &HashSet<usize>,
         taken_t: &HashSet<usize>,
-        exact_rows: &[Vec<usize>],
+        exact_rows: &[&[usize]],
     ) -> Result<Vec<Vec<usize>>> {
         let (fs, ft) = self.features.get_or_init(|| {
             batched::features(
@@ -487,7 +516,7 @@ impl<'a> State<'a> {
                 // top k is an arbitrary few of them, which would hide the ties the exact
                 // scores must see: that unit gets the exact search's list.
                 if free.iter().any(|&si| batched::ties_cut(&lists[si], k)) {
-                    return self.nearest_in_context(su, exact.clone(), left_t);
+                    return self.nearest_in_context(su, exact, left_t);
                 }
                 let mut cands: Vec<usize> = free
                     .iter()
@@ -518,10 +547,10 @@ impl<'a> State<'a> {
         _left_t: &[usize],
         _taken_s: &HashSet<usize>,
         _taken_t: &HashSet<usize>,
-        exact_rows: &[Vec<usize>],
+        exact_rows: &[&[usize]],
     ) -> Result<Vec<Vec<usize>>> {
         match self.search {
-            CandidateSearch::Exact => Ok(exact_rows.to_vec()),
+            CandidateSearch::Exact => Ok(exact_rows.iter().map(|r| r.to_vec()).collect()),
             _ => Err(crate::error::Error::NeedsLibtorch {
                 what: format!(
                     "the batched candidate search over {} leftover units (`--candidates exact` runs without it, slowly)",

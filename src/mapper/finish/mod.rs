@@ -346,7 +346,9 @@ pub(crate) fn run<'a>(m: &'a Mapper, opts: &SuggestOptions) -> Result<(MappingRe
         .iter()
         .any(|side| matches!(side.order_kind, OrderKind::File | OrderKind::Registration));
     let refused: Mutex<Vec<(usize, usize, Vec<String>)>> = Mutex::new(vec![]);
-    let mut mappings: Vec<Match> = scored
+    // Each match with its (source, target) tensor indices, so that the steps below look
+    // nothing up by name.
+    let mut indexed: Vec<(usize, usize, Match)> = scored
         .par_iter()
         .map(|(p, transform, flag, b)| {
             progress.inc(1);
@@ -390,7 +392,7 @@ pub(crate) fn run<'a>(m: &'a Mapper, opts: &SuggestOptions) -> Result<(MappingRe
             });
             let sf = &m.source.tensors[p.s];
             let tf = &m.target.tensors[p.t];
-            Match {
+            (p.s, p.t, Match {
                 source: sf.name.clone(),
                 source_original: sf.original_name.clone(),
                 target: tf.original_name.clone(),
@@ -420,7 +422,7 @@ pub(crate) fn run<'a>(m: &'a Mapper, opts: &SuggestOptions) -> Result<(MappingRe
                         format!("decided by file order only: look-alikes told apart by the checkpoint's key order (registration order, usually but not always execution order); {FILE_ORDER_HINT}")
                     })
                 }),
-            }
+            })
         })
         .collect();
     progress.finish();
@@ -440,22 +442,8 @@ pub(crate) fn run<'a>(m: &'a Mapper, opts: &SuggestOptions) -> Result<(MappingRe
         );
     }
 
-    let index_s: HashMap<&str, usize> = m
-        .source
-        .tensors
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (t.name.as_str(), i))
-        .collect();
-    let index_t: HashMap<&str, usize> = m
-        .target
-        .tensors
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (t.original_name.as_str(), i))
-        .collect();
-    mappings.retain(|x| !rejected_s.contains_key(&index_s[x.source.as_str()]));
-    mappings.retain(|x| {
+    indexed.retain(|x| !rejected_s.contains_key(&x.0));
+    indexed.retain(|&(si, ti, ref x)| {
         let why: Option<UnmatchedReason> = if x.resolution == Resolution::Pinned {
             None
         } else if x.score < threshold {
@@ -477,7 +465,6 @@ pub(crate) fn run<'a>(m: &'a Mapper, opts: &SuggestOptions) -> Result<(MappingRe
         match why {
             None => true,
             Some(r) => {
-                let (si, ti) = (index_s[x.source.as_str()], index_t[x.target.as_str()]);
                 let with = |r: &UnmatchedReason, c: &str| match r.clone() {
                     UnmatchedReason::BelowThreshold {
                         score, threshold, ..
@@ -498,16 +485,11 @@ pub(crate) fn run<'a>(m: &'a Mapper, opts: &SuggestOptions) -> Result<(MappingRe
             }
         }
     });
-    let matched_s: HashSet<usize> = mappings
-        .iter()
-        .map(|x| index_s[x.source.as_str()])
-        .collect();
-    let matched_t: HashSet<usize> = mappings
-        .iter()
-        .map(|x| index_t[x.target.as_str()])
-        .collect();
+    let matched_s: HashSet<usize> = indexed.iter().map(|x| x.0).collect();
+    let matched_t: HashSet<usize> = indexed.iter().map(|x| x.1).collect();
     state.t_to_s.retain(|t, _| matched_t.contains(t));
-    mappings.sort_by_key(|x| m.source.tensors[index_s[x.source.as_str()]].position);
+    indexed.sort_by_key(|x| m.source.tensors[x.0].position);
+    let mappings: Vec<Match> = indexed.into_iter().map(|x| x.2).collect();
 
     // 7. Reasons.
     let mut rel_s: HashMap<usize, usize> = HashMap::new();
@@ -547,10 +529,11 @@ pub(crate) fn run<'a>(m: &'a Mapper, opts: &SuggestOptions) -> Result<(MappingRe
                 &ambiguous_t,
             )
         };
-        let mut out = vec![];
-        for (i, tensor) in spec.tensors.iter().enumerate() {
+        // In parallel: where thousands of tensors have no counterpart (a layer the
+        // target dropped), each looks through its class of candidates.
+        let per_tensor = |(i, tensor): (usize, &crate::spec::TensorInfo)| {
             if matched.contains(&i) {
-                continue;
+                return None;
             }
             let reason = if let Some(&k) = rel.get(&i) {
                 UnmatchedReason::Converted {
@@ -586,14 +569,18 @@ pub(crate) fn run<'a>(m: &'a Mapper, opts: &SuggestOptions) -> Result<(MappingRe
                     reason => reason,
                 }
             };
-            out.push(Unmatched {
+            Some(Unmatched {
                 name: tensor.name.clone(),
                 original_name: tensor.original_name.clone(),
                 shape: tensor.shape.clone(),
                 reason,
-            });
-        }
-        out
+            })
+        };
+        spec.tensors
+            .par_iter()
+            .enumerate()
+            .filter_map(per_tensor)
+            .collect()
     };
     let unmatched_source = unmatched(true);
     let unmatched_target = unmatched(false);

@@ -50,6 +50,11 @@ impl Incompat {
         }
     }
 
+    /// Whether no pair is incompatible.
+    pub fn is_empty(&self) -> bool {
+        self.pairs.is_empty()
+    }
+
     fn has(name: &str, chunks: &[String]) -> bool {
         let lower = name.to_ascii_lowercase();
         lower.split('.').any(|c| {
@@ -176,6 +181,14 @@ fn minus(a: &[u64], b: &[u64]) -> Vec<u64> {
         }
     }
     out
+}
+
+/// Whether `x` is left in the sorted multiset `all` once the sorted sub-multiset `alike`
+/// is taken out of it: the same as `minus(all, alike).contains(&x)`, without building
+/// the difference (the pools of a large model's root hold ~100k signatures).
+fn has_other(all: &[u64], alike: &[u64], x: u64) -> bool {
+    let count = |v: &[u64]| v.partition_point(|&y| y <= x) - v.partition_point(|&y| y < x);
+    count(all) > count(alike)
 }
 
 fn resolution_of(strength: Strength) -> Resolution {
@@ -508,23 +521,48 @@ impl<'a, 'b> Matcher<'a, 'b> {
         let mut out = vec![];
         // Names are compared pairwise: very large classes go to order directly.
         if self.use_names && rs.len() * rt.len() <= MAX_NAME_CLASS_CELLS {
-            let mut ts: Vec<Vec<Token>> = rs
-                .iter()
-                .map(|&i| self.s.relative_tokens(i, roots.0))
-                .collect();
-            let mut tt: Vec<Vec<Token>> = rt
-                .iter()
-                .map(|&i| self.t.relative_tokens(i, roots.1))
-                .collect();
+            // Names compare by their sets of words alone (local_name_similarity): look-alikes
+            // share few distinct sets (`experts.17` and `experts.42` both are {expert}), so
+            // each pair of distinct sets is scored once.
+            let mut ids: HashMap<Vec<Token>, usize> = HashMap::new();
+            let mut intern = |side: &SideModel, it: Item, root: &str| {
+                let mut words: Vec<Token> = side
+                    .relative_tokens(it, root)
+                    .into_iter()
+                    .filter(|t| matches!(t, Token::Word(_)))
+                    .collect();
+                words.sort();
+                words.dedup();
+                let next = ids.len();
+                *ids.entry(words).or_insert(next)
+            };
+            let mut ts: Vec<usize> = rs.iter().map(|&i| intern(self.s, i, roots.0)).collect();
+            let mut tt: Vec<usize> = rt.iter().map(|&i| intern(self.t, i, roots.1)).collect();
+            let mut sets: Vec<Vec<Token>> = vec![vec![]; ids.len()];
+            for (w, k) in ids {
+                sets[k] = w;
+            }
+            let n_sets = sets.len();
+            let mut sim: Vec<Option<f64>> = vec![None; n_sets * n_sets];
+            // Every pair alike and allowed: every assignment ties with a runner-up (the
+            // class holds more than one pair), so names cannot decide.
+            let uniform = ts.iter().chain(&tt).all(|&k| k == ts[0]) && self.incompat.is_empty();
             loop {
+                if uniform {
+                    break;
+                }
                 let mut edges = vec![];
                 for (i, x) in rs.iter().enumerate() {
                     for (j, y) in rt.iter().enumerate() {
                         if self.allowed(*x, *y) {
+                            let cell = &mut sim[ts[i] * n_sets + tt[j]];
+                            let score = *cell.get_or_insert_with(|| {
+                                local_name_similarity(&sets[ts[i]], &sets[tt[j]])
+                            });
                             edges.push(Edge {
                                 row: i,
                                 col: j,
-                                score: local_name_similarity(&ts[i], &tt[j]),
+                                score,
                             });
                         }
                     }
@@ -712,29 +750,34 @@ impl<'a, 'b> Matcher<'a, 'b> {
                 Item::Unit(_) => vec![],
             }
         };
+        // Per target module, once: its signatures and its children's.
+        let tb: Vec<(Vec<u64>, Vec<Vec<u64>>)> = mt
+            .iter()
+            .map(|&b| (self.t.item_sig(b), child_sigs(self.t, b)))
+            .collect();
         let mut valid: Vec<(Item, Item, f64)> = vec![];
         for &a in &ms {
             let sa = self.s.item_sig(a);
             let ca = child_sigs(self.s, a);
-            for &b in &mt {
-                let sb = self.t.item_sig(b);
-                let d = dice(&sa, &sb);
+            let alike_a = &alike_s[&self.s.item_hash(a, true)];
+            for (&b, (sb, cb)) in mt.iter().zip(&tb) {
+                let d = dice(&sa, sb);
                 if d < APPROX_MIN_DICE {
                     continue;
                 }
-                if child_sigs(self.t, b).iter().any(|c| dice(&sa, c) > d)
-                    || ca.iter().any(|c| dice(c, &sb) > d)
-                {
+                if cb.iter().any(|c| dice(&sa, c) > d) || ca.iter().any(|c| dice(c, sb) > d) {
                     continue;
                 }
                 // Other items of the pools, look-alikes of `a` and `b` excluded (repeated
-                // blocks all hold the same kinds of units).
-                let others_t = minus(&all_t, &alike_t[&self.t.item_hash(b, true)]);
-                let others_s = minus(&all_s, &alike_s[&self.s.item_hash(a, true)]);
-                let rem_a = minus(&sa, &sb);
-                let rem_b = minus(&sb, &sa);
-                if minus(&rem_a, &others_t).len() < rem_a.len()
-                    || minus(&rem_b, &others_s).len() < rem_b.len()
+                // blocks all hold the same kinds of units): does what is left of `a` (of
+                // `b`) have a place among the other side's others?
+                let alike_b = &alike_t[&self.t.item_hash(b, true)];
+                if minus(&sa, sb)
+                    .iter()
+                    .any(|&x| has_other(&all_t, alike_b, x))
+                    || minus(sb, &sa)
+                        .iter()
+                        .any(|&x| has_other(&all_s, alike_a, x))
                 {
                     continue;
                 }
@@ -931,26 +974,4 @@ impl<'a, 'b> Matcher<'a, 'b> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dice_and_minus() {
-        assert_eq!(dice(&[1, 2, 2, 3], &[2, 2, 3, 4]), 0.75);
-        assert_eq!(minus(&[1, 2, 2, 3], &[2, 3]), vec![1, 2]);
-        assert_eq!(minus(&[5], &[1, 2]), vec![5]);
-    }
-
-    #[test]
-    fn incompatible_chunks() {
-        let inc = Incompat::new(&[(
-            vec!["backbone".into(), "encoder".into()],
-            vec!["head".into(), "classifier".into()],
-        )]);
-        assert!(inc.forbidden("backbone.layer1.weight", "head.weight"));
-        assert!(inc.forbidden("heads.0.weight", "encoder.x.weight"));
-        assert!(inc.forbidden("model.encoder_block.w", "classifier.w"));
-        assert!(!inc.forbidden("backbone.layer1.weight", "encoder.layer1.weight"));
-        assert!(!inc.forbidden("multihead.weight", "backbone.weight"));
-    }
-}
+mod tests;

@@ -22,6 +22,24 @@ fn weightmap(args: &[&str]) -> Output {
         .expect("run weightmap")
 }
 
+/// Writes the HTML report of `source` → `target` into `dir` and returns the data the page
+/// carries (its `wm-data` JSON).
+fn page_data(source: &Path, target: &Path, dir: &Path) -> serde_json::Value {
+    let page = dir.join("page.html");
+    stdout_ok(&[
+        "report",
+        source.to_str().unwrap(),
+        target.to_str().unwrap(),
+        "-o",
+        page.to_str().unwrap(),
+    ]);
+    let html = std::fs::read_to_string(&page).unwrap();
+    let open = "<script type=\"application/json\" id=\"wm-data\">";
+    let start = html.find(open).unwrap() + open.len();
+    let end = start + html[start..].find("</script>").unwrap();
+    serde_json::from_str(&html[start..end]).unwrap()
+}
+
 fn stdout_ok(args: &[&str]) -> String {
     let out = weightmap(args);
     assert!(
@@ -288,19 +306,11 @@ fn unmatched_with_reasons_snapshot() {
 #[test]
 fn html_report_lists_the_target_in_execution_order() {
     let dir = tempfile::tempdir().unwrap();
-    let page = dir.path().join("order.html");
-    stdout_ok(&[
-        "report",
-        "models/order_source.safetensors",
-        "models/order_target.pt",
-        "-o",
-        page.to_str().unwrap(),
-    ]);
-    let html = std::fs::read_to_string(&page).unwrap();
-    let open = "<script type=\"application/json\" id=\"wm-data\">";
-    let start = html.find(open).unwrap() + open.len();
-    let end = start + html[start..].find("</script>").unwrap();
-    let data: serde_json::Value = serde_json::from_str(&html[start..end]).unwrap();
+    let data = page_data(
+        Path::new("models/order_source.safetensors"),
+        Path::new("models/order_target.pt"),
+        dir.path(),
+    );
     let modules: Vec<&str> = data["t"]
         .as_array()
         .unwrap()
@@ -318,19 +328,7 @@ fn html_report_lists_the_target_in_execution_order() {
 fn html_report_collapses_unmatched_lists_into_patterns() {
     let dir = tempfile::tempdir().unwrap();
     let (source, target) = crate::patterns::repeated_unmatched_specs(dir.path());
-    let page = dir.path().join("page.html");
-    stdout_ok(&[
-        "report",
-        source.to_str().unwrap(),
-        target.to_str().unwrap(),
-        "-o",
-        page.to_str().unwrap(),
-    ]);
-    let html = std::fs::read_to_string(&page).unwrap();
-    let open = "<script type=\"application/json\" id=\"wm-data\">";
-    let start = html.find(open).unwrap() + open.len();
-    let end = start + html[start..].find("</script>").unwrap();
-    let data: serde_json::Value = serde_json::from_str(&html[start..end]).unwrap();
+    let data = page_data(&source, &target, dir.path());
     for (side, tensors, unmatched, expected) in [
         ("s", "s", "us", "layers.{0..7}.old.bias"),
         ("t", "t", "ut", "blocks.{0..7}.gate.weight"),

@@ -38,6 +38,8 @@ use rayon::prelude::*;
 use std::collections::HashMap;
 use tch::{Kind, TchError, Tensor};
 
+mod native;
+
 /// Default number of candidates kept per source tensor.
 pub const DEFAULT_TOP_K: usize = 8;
 
@@ -386,6 +388,32 @@ pub fn approx_score(
     if s.class[i] != t.class[j] {
         return None;
     }
+    let ctx = context.map(|c| {
+        let spans = &c.source[i][..c.source[i].len().min(MAX_CONTEXT)];
+        let key = c.target[j];
+        let inside = spans
+            .iter()
+            .filter(|(lo, hi)| *lo <= key && key < *hi)
+            .count();
+        (spans.len(), inside)
+    });
+    Some(rest_part(
+        s,
+        i,
+        name_part(s, i, t, j),
+        t.shape[j],
+        t.permuted[j],
+        &t.indices[j],
+        t.n_indices[j],
+        t.depth[j],
+        t.position[j],
+        ctx,
+        w,
+    ))
+}
+
+/// The name sub-score of a pair: token Jaccard, trigram Dice and leaf equality.
+fn name_part(s: &Features, i: usize, t: &Features, j: usize) -> f32 {
     let ratio = |inter: f32, union: f32, scale: f32| {
         if union > 0.0 {
             scale * inter / union
@@ -402,41 +430,56 @@ pub fn approx_score(
     let ni = overlap(&s.ngrams[i], &t.ngrams[j]) as f32;
     let dice = ratio(ni, s.ngrams[i].len() as f32 + t.ngrams[j].len() as f32, 2.0);
     let leaf = if s.leaf[i] == t.leaf[j] { 1.0 } else { 0.0 };
-    let name = (jac + dice + leaf) / 3.0;
-    let shape = if s.shape[i] == t.shape[j] {
+    (jac + dice + leaf) / 3.0
+}
+
+/// The whole approximate score of source `i` against a target given by its columns, from
+/// the pair's name sub-score and, with a context, (the source's intervals, how many
+/// contain the target). One function for the reference and the CPU path, so both give
+/// the same bits.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn rest_part(
+    s: &Features,
+    i: usize,
+    name: f32,
+    t_shape: i64,
+    t_permuted: i64,
+    t_indices: &[i64; MAX_INDICES],
+    t_n_indices: f32,
+    t_depth: f32,
+    t_position: f32,
+    context: Option<(usize, usize)>,
+    w: &ApproxWeights,
+) -> f32 {
+    let shape = if s.shape[i] == t_shape {
         1.0
-    } else if s.permuted[i] == t.permuted[j] {
+    } else if s.permuted[i] == t_permuted {
         PERMUTED_SHAPE_SCORE
     } else {
         RESHAPE_SHAPE_SCORE
     };
     let agree = s.indices[i]
         .iter()
-        .zip(t.indices[j].iter())
+        .zip(t_indices.iter())
         .filter(|(a, b)| a == b)
         .count() as f32;
-    let denom = s.n_indices[i].max(t.n_indices[j]);
+    let denom = s.n_indices[i].max(t_n_indices);
     let indices = if denom > 0.0 { agree / denom } else { 1.0 };
-    let depth = 1.0 - (s.depth[i] - t.depth[j]).abs().min(DEPTH_SPAN) / DEPTH_SPAN;
-    let position = 1.0 - (s.position[i] - t.position[j]).abs();
+    let depth = 1.0 - (s.depth[i] - t_depth).abs().min(DEPTH_SPAN) / DEPTH_SPAN;
+    let position = 1.0 - (s.position[i] - t_position).abs();
     let hier = match context {
         None => (indices + depth + position) / 3.0,
-        Some(c) => {
-            let spans = &c.source[i][..c.source[i].len().min(MAX_CONTEXT)];
-            let key = c.target[j];
-            let inside = spans
-                .iter()
-                .filter(|(lo, hi)| *lo <= key && key < *hi)
-                .count() as f32;
-            let ctx = if spans.is_empty() {
+        Some((spans, inside)) => {
+            let ctx = if spans == 0 {
                 CONTEXT_UNKNOWN
             } else {
-                inside / spans.len() as f32
+                inside as f32 / spans as f32
             };
             (indices + depth + position + CONTEXT_WEIGHT * ctx) / (3.0 + CONTEXT_WEIGHT)
         }
     };
-    Some(w.shape * shape + w.name * name + w.hierarchy * hier)
+    w.shape * shape + w.name * name + w.hierarchy * hier
 }
 
 fn torch_err(e: TchError) -> Error {
@@ -470,6 +513,30 @@ pub fn top_candidates_from(
     blocks: &[Block],
     options: &CandidateOptions,
     context: Option<&Context>,
+) -> Result<Vec<Vec<Candidate>>> {
+    let engine = match options.device {
+        Device::Cpu => Engine::Native,
+        Device::Cuda(_) => Engine::Torch,
+    };
+    top_candidates_with(s, t, blocks, options, context, engine)
+}
+
+/// How the tiles are scored: libtorch tensor operations (on any device), or the native
+/// loop (CPU only), which gives the same values without materializing a matrix per
+/// sub-score.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Engine {
+    Native,
+    Torch,
+}
+
+fn top_candidates_with(
+    s: &Features,
+    t: &Features,
+    blocks: &[Block],
+    options: &CandidateOptions,
+    context: Option<&Context>,
+    engine: Engine,
 ) -> Result<Vec<Vec<Candidate>>> {
     if let Some(c) = context {
         if c.source.len() != s.leaf.len() || c.target.len() != t.leaf.len() {
@@ -514,7 +581,13 @@ pub fn top_candidates_from(
     );
     let _guard = tch::no_grad_guard();
     for (rows, cols) in &tiles {
-        score_tile(s, t, rows, cols, options, context, &mut out, &progress).map_err(torch_err)?;
+        match engine {
+            Engine::Native => {
+                native::score_tile(s, t, rows, cols, options, context, &mut out, &progress)
+            }
+            Engine::Torch => score_tile(s, t, rows, cols, options, context, &mut out, &progress)
+                .map_err(torch_err)?,
+        }
     }
     progress.finish();
     let keep = options.k;

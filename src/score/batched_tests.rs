@@ -101,18 +101,25 @@ fn tensor_path_equals_pairwise_reference() {
     let (src, tgt) = pair_of_models(3, 4);
     let context = layer_context(&src, &tgt);
     for ctx in [None, Some(&context)] {
-        check_against_reference(&src, &tgt, ctx);
+        for engine in [Engine::Torch, Engine::Native] {
+            check_against_reference(&src, &tgt, ctx, engine);
+        }
     }
 }
 
-fn check_against_reference(src: &[TensorInfo], tgt: &[TensorInfo], ctx: Option<&Context>) {
+fn check_against_reference(
+    src: &[TensorInfo],
+    tgt: &[TensorInfo],
+    ctx: Option<&Context>,
+    engine: Engine,
+) {
     let opts = CandidateOptions {
         k: 3,
         ..Default::default()
     };
     let (fs, ft) = features(src, tgt, false);
-    let got =
-        top_candidates_from(&fs, &ft, &[Block::all(src.len(), tgt.len())], &opts, ctx).unwrap();
+    let all = [Block::all(src.len(), tgt.len())];
+    let got = top_candidates_with(&fs, &ft, &all, &opts, ctx, engine).unwrap();
     for (i, list) in got.iter().enumerate() {
         let mut reference: Vec<(f32, usize)> = (0..tgt.len())
             .filter_map(|j| approx_score(&fs, i, &ft, j, &opts.weights, ctx).map(|v| (v, j)))
@@ -269,17 +276,184 @@ fn blocks_restrict_pairs() {
 fn small_tiles_give_the_same_candidates() {
     let (src, tgt) = pair_of_models(3, 5);
     let all = [Block::all(src.len(), tgt.len())];
-    let big = top_candidates(&src, &tgt, &all, &CandidateOptions::default()).unwrap();
+    let (fs, ft) = features(&src, &tgt, false);
+    let big = top_candidates_with(
+        &fs,
+        &ft,
+        &all,
+        &CandidateOptions::default(),
+        None,
+        Engine::Torch,
+    )
+    .unwrap();
     // 3 rows x 16 columns per operation: many row and column chunks, merged.
-    let small = top_candidates(
-        &src,
-        &tgt,
+    let small = top_candidates_with(
+        &fs,
+        &ft,
         &all,
         &CandidateOptions {
             tile_elems: 48,
             ..Default::default()
         },
+        None,
+        Engine::Torch,
     )
     .unwrap();
     assert_eq!(big, small);
+}
+
+/// A deterministic pseudo-random case: names from a few templates with random layer and
+/// expert indices (some flattened), a few shapes (transposes included), random nesting
+/// depth, and a random context of matched intervals.
+fn random_case(n: usize, m: usize, seed: u64) -> (Vec<TensorInfo>, Vec<TensorInfo>, Context) {
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    let mut next = move |below: usize| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        (x % below as u64) as usize
+    };
+    let shapes = [vec![16, 8], vec![8, 16], vec![8, 8], vec![8]];
+    let src_templates = [
+        "model.layers.{l}.mlp.experts.{e}.gate_proj.weight",
+        "model.layers.{l}.mlp.experts.{e}.down_proj.weight",
+        "model.layers.{l}.self_attn.q_proj.weight",
+        "model.layers.{l}.input_layernorm.weight",
+        "model.norm.weight",
+    ];
+    let tgt_templates = [
+        "layers_{l}_feed_forward_experts_{e}_w1.weight",
+        "layers.{l}.feed_forward.experts.{e}.w2.weight",
+        "layers_{l}_attention_wq.weight",
+        "layers.{l}.attention_norm.weight",
+        "norm.weight",
+    ];
+    let mut make = |count: usize, templates: &[&str]| -> Vec<(String, Vec<i64>)> {
+        (0..count)
+            .map(|_| {
+                let name = templates[next(templates.len())]
+                    .replace("{l}", &next(6).to_string())
+                    .replace("{e}", &next(5).to_string());
+                (name, shapes[next(shapes.len())].clone())
+            })
+            .collect()
+    };
+    let (src, tgt) = (make(n, &src_templates), make(m, &tgt_templates));
+    let to = |v: &Vec<(String, Vec<i64>)>| {
+        info(
+            &v.iter()
+                .map(|(n, s)| (n.as_str(), s.clone()))
+                .collect::<Vec<_>>(),
+        )
+    };
+    let context = Context {
+        source: (0..n)
+            .map(|_| {
+                (0..next(4))
+                    .map(|_| {
+                        let lo = next(m) as i64;
+                        (lo, lo + 1 + next(m / 4) as i64)
+                    })
+                    .collect()
+            })
+            .collect(),
+        target: (0..m).map(|_| next(m + 1) as i64 - 1).collect(),
+    };
+    (to(&src), to(&tgt), context)
+}
+
+/// The lists [`top_candidates_from`] promises, from the pairwise reference: best first by
+/// (score, lower target), `k` kept and ties with the k-th up to `k + TIE_SLACK`.
+fn reference_lists(
+    fs: &Features,
+    ft: &Features,
+    k: usize,
+    w: &ApproxWeights,
+    ctx: Option<&Context>,
+) -> Vec<Vec<(usize, f32)>> {
+    (0..fs.leaf.len())
+        .map(|i| {
+            let mut all: Vec<(usize, f32)> = (0..ft.leaf.len())
+                .filter_map(|j| approx_score(fs, i, ft, j, w, ctx).map(|v| (j, v)))
+                .collect();
+            all.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+            if all.len() > k {
+                let kth = all[k - 1].1;
+                let end = all
+                    .iter()
+                    .position(|c| c.1 < kth)
+                    .unwrap_or(all.len())
+                    .clamp(k, k + TIE_SLACK);
+                all.truncate(end);
+            }
+            all
+        })
+        .collect()
+}
+
+#[test]
+fn native_path_gives_the_reference_top_k_bit_for_bit() {
+    for seed in 0..4 {
+        let (src, tgt, context) = random_case(300, 260, seed);
+        let (fs, ft) = features(&src, &tgt, false);
+        let all = [Block::all(src.len(), tgt.len())];
+        for k in [1, 3, 8] {
+            let opts = CandidateOptions {
+                k,
+                ..Default::default()
+            };
+            for ctx in [None, Some(&context)] {
+                let got = top_candidates_with(&fs, &ft, &all, &opts, ctx, Engine::Native).unwrap();
+                let want = reference_lists(&fs, &ft, k, &opts.weights, ctx);
+                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                    let g: Vec<(usize, f32)> = g.iter().map(|c| (c.target, c.approx)).collect();
+                    assert_eq!(&g, w, "seed {seed}, k {k}, row {i} ({})", src[i].name);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn native_top_k_equals_the_libtorch_top_k() {
+    let (src, tgt, context) = random_case(400, 350, 7);
+    let (fs, ft) = features(&src, &tgt, false);
+    let all = [Block::all(src.len(), tgt.len())];
+    let opts = CandidateOptions {
+        k: 4,
+        tile_elems: 4096,
+        ..Default::default()
+    };
+    for ctx in [None, Some(&context)] {
+        let native = top_candidates_with(&fs, &ft, &all, &opts, ctx, Engine::Native).unwrap();
+        let torch = top_candidates_with(&fs, &ft, &all, &opts, ctx, Engine::Torch).unwrap();
+        let mut compared = 0;
+        for (i, (a, b)) in native.iter().zip(&torch).enumerate() {
+            assert_eq!(a.len(), b.len(), "row {i}");
+            for (x, y) in a.iter().zip(b) {
+                assert!(
+                    (x.approx - y.approx).abs() < 1e-5,
+                    "row {i}: {x:?} vs {y:?}"
+                );
+            }
+            // Where no two scores are within rounding of each other, the order is the same.
+            let close = a
+                .windows(2)
+                .any(|w| (w[0].approx - w[1].approx).abs() < 1e-5)
+                || b.windows(2)
+                    .any(|w| (w[0].approx - w[1].approx).abs() < 1e-5);
+            if !close {
+                let ta: Vec<usize> = a.iter().map(|c| c.target).collect();
+                let tb: Vec<usize> = b.iter().map(|c| c.target).collect();
+                assert_eq!(ta, tb, "row {i} ({})", src[i].name);
+                compared += 1;
+            }
+        }
+        assert!(
+            compared > src.len() / 2,
+            "too many near-ties to compare: {compared}"
+        );
+    }
 }

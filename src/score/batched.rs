@@ -452,13 +452,7 @@ fn rest_part(
     context: Option<(usize, usize)>,
     w: &ApproxWeights,
 ) -> f32 {
-    let shape = if s.shape[i] == t_shape {
-        1.0
-    } else if s.permuted[i] == t_permuted {
-        PERMUTED_SHAPE_SCORE
-    } else {
-        RESHAPE_SHAPE_SCORE
-    };
+    let shape = shape_score(s, i, t_shape, t_permuted);
     let agree = s.indices[i]
         .iter()
         .zip(t_indices.iter())
@@ -466,8 +460,46 @@ fn rest_part(
         .count() as f32;
     let denom = s.n_indices[i].max(t_n_indices);
     let indices = if denom > 0.0 { agree / denom } else { 1.0 };
-    let depth = 1.0 - (s.depth[i] - t_depth).abs().min(DEPTH_SPAN) / DEPTH_SPAN;
-    let position = 1.0 - (s.position[i] - t_position).abs();
+    combine(
+        name,
+        shape,
+        indices,
+        (s.depth[i] - t_depth).abs(),
+        (s.position[i] - t_position).abs(),
+        context,
+        w,
+    )
+}
+
+/// The shape sub-score of source `i` against a target of shape id `t_shape` (the same
+/// class assumed): equal, permuted, or equal only after dropping size-1 dimensions.
+#[inline(always)]
+fn shape_score(s: &Features, i: usize, t_shape: i64, t_permuted: i64) -> f32 {
+    if s.shape[i] == t_shape {
+        1.0
+    } else if s.permuted[i] == t_permuted {
+        PERMUTED_SHAPE_SCORE
+    } else {
+        RESHAPE_SHAPE_SCORE
+    }
+}
+
+/// The approximate score from its sub-scores (depth and position as absolute
+/// differences). Every operation is monotone in each argument (non-decreasing in the
+/// scores, non-increasing in the differences), also after f32 rounding, so best-case
+/// arguments give an upper bound of the score of every pair they cover.
+#[inline(always)]
+fn combine(
+    name: f32,
+    shape: f32,
+    indices: f32,
+    depth_diff: f32,
+    position_diff: f32,
+    context: Option<(usize, usize)>,
+    w: &ApproxWeights,
+) -> f32 {
+    let depth = 1.0 - depth_diff.min(DEPTH_SPAN) / DEPTH_SPAN;
+    let position = 1.0 - position_diff;
     let hier = match context {
         None => (indices + depth + position) / 3.0,
         Some((spans, inside)) => {

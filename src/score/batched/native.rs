@@ -47,6 +47,9 @@ fn name_key(f: &Features, i: usize) -> NameKey<'_> {
     (&f.tokens[i], &f.ngrams[i], f.leaf[i])
 }
 
+/// A source row and its best (score, target) pairs.
+type RowTop = (usize, Vec<(f32, usize)>);
+
 /// A source row's best candidates so far, best first by (score, lower target index).
 struct TopK {
     cap: usize,
@@ -279,7 +282,7 @@ pub(super) fn score_tile(
         })
         .collect();
     order.sort_unstable();
-    let results: Vec<Vec<(usize, Vec<(f32, usize)>)>> = order
+    let results: Vec<Vec<RowTop>> = order
         .par_chunks(ROWS_PER_ITEM)
         .map(|chunk| {
             // The name part of each of this chunk's distinct row keys against every column key.

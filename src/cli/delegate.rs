@@ -1,6 +1,6 @@
 //! A `weightmap` built without libtorch starts in milliseconds, since it does not load
 //! libtorch's ~1 GB of shared libraries; what needs libtorch (tracing, verifying, loading a
-//! TorchScript model, a CUDA device, the batched search) it hands to its libtorch build,
+//! TorchScript model, a CUDA device) it hands to its libtorch build,
 //! `weightmap-torch` beside it (`scripts/build.sh` builds both), by replacing itself with
 //! that binary, same arguments: no output has been written when it does.
 

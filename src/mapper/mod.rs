@@ -89,8 +89,8 @@ pub enum CandidateSearch {
     /// Every same-shape, same-role target unit is scored exactly (past
     /// [`MAX_EXACT_CANDIDATES`], the nearest in matched context are kept).
     Exact,
-    /// The batched approximate score of [`crate::score::batched`] (tensor operations on the
-    /// chosen device, tiled by shape class) keeps the [`crate::score::batched::DEFAULT_TOP_K`]
+    /// The batched approximate score of [`crate::score::batched`] (a native loop on the
+    /// CPU, tensor operations on a CUDA device; tiled by shape class) keeps the [`crate::score::batched::DEFAULT_TOP_K`]
     /// best targets per source tensor; only those are scored exactly, in parallel.
     Batched,
 }

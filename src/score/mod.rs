@@ -16,7 +16,6 @@
 //! Everything here is a pure function of precomputed [`TensorFeatures`], so scoring can
 //! later be batched or moved to tensors without touching the mapper.
 
-#[cfg(feature = "libtorch")]
 pub mod batched;
 
 use crate::error::{Error, Result};

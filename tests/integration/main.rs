@@ -5,6 +5,7 @@
 mod support;
 
 mod architecture;
+mod batched_search;
 mod engine;
 #[cfg(feature = "libtorch")]
 mod export;

@@ -2,7 +2,6 @@
 //! exactly or by the batched score, assigned optimally, ties left open.
 
 use super::*;
-#[cfg(feature = "libtorch")]
 use crate::score::batched::{self, ApproxWeights, Block, CandidateOptions};
 
 impl<'a> State<'a> {
@@ -358,7 +357,6 @@ impl<'a> State<'a> {
         kept
     }
 
-    #[cfg(feature = "libtorch")]
     /// The structure matched so far, for the batched score from side `from` to side `to`
     /// (`pairs`: matched nodes of `from` to their counterparts in `to`): the `to` tree
     /// numbered in pre-order, and for each of `tensors` of `from` the intervals of its
@@ -403,10 +401,9 @@ impl<'a> State<'a> {
         batched::Context { source, target }
     }
 
-    #[cfg(feature = "libtorch")]
     /// The batched search's candidates of each leftover unit (indices into `left_t`): the
     /// units of the top-k targets of its free tensors by the batched approximate score,
-    /// computed as tensor operations on the chosen device, one block per role so that
+    /// computed on the chosen device (a native loop on the CPU, libtorch on CUDA), one block per role so that
     /// only same-role tensors meet. Kept only where the exact search would also have
     /// looked (same role, same shape), so batched candidates are a subset of exact ones;
     /// a unit whose approximate ranking ends in a tie it had to cut gets the exact list.
@@ -534,29 +531,5 @@ impl<'a> State<'a> {
                 cands
             })
             .collect())
-    }
-
-    /// Without libtorch there is no batched score. `auto` asked for it because some
-    /// leftover has more same-shape candidates than the exact search takes: that needs
-    /// libtorch as much as an explicit `batched` does (the `weightmap` binary then hands the
-    /// command to its libtorch build); `exact` never gets here.
-    #[cfg(not(feature = "libtorch"))]
-    pub(super) fn batched_candidates(
-        &self,
-        left_s: &[usize],
-        _left_t: &[usize],
-        _taken_s: &HashSet<usize>,
-        _taken_t: &HashSet<usize>,
-        exact_rows: &[&[usize]],
-    ) -> Result<Vec<Vec<usize>>> {
-        match self.search {
-            CandidateSearch::Exact => Ok(exact_rows.iter().map(|r| r.to_vec()).collect()),
-            _ => Err(crate::error::Error::NeedsLibtorch {
-                what: format!(
-                    "the batched candidate search over {} leftover units (`--candidates exact` runs without it, slowly)",
-                    left_s.len()
-                ),
-            }),
-        }
     }
 }

@@ -23,7 +23,6 @@ use super::{
 use crate::assign::{assign, Edge};
 use crate::error::Result;
 use crate::progress::Progress;
-#[cfg(feature = "libtorch")]
 use crate::score::batched::Features;
 use crate::score::{
     candidate, loose_shape, roles_compatible, score_pair, score_upper_bound, PairContext, Role,
@@ -65,7 +64,6 @@ pub(crate) struct State<'a> {
     /// (source, target) tensor pairs the user forbade: never scored, so never formed.
     forbid: HashSet<(usize, usize)>,
     /// The batched score's features of both sides, computed the first time it runs.
-    #[cfg(feature = "libtorch")]
     features: std::sync::OnceLock<(Features, Features)>,
     /// Each side's tensors by shape key (see [`State::shape_peers`]), built the first time
     /// a reason is looked for: comparing shapes once per shape class, not once per pair.
@@ -205,7 +203,6 @@ pub(crate) fn run<'a>(m: &'a Mapper, opts: &SuggestOptions) -> Result<(MappingRe
         search: m.options.candidates,
         device: m.options.device,
         forbid: constraints.forbid,
-        #[cfg(feature = "libtorch")]
         features: Default::default(),
         shape_index: Default::default(),
         reason_classes: Default::default(),

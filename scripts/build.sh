@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds weightmap's two binaries side by side in target/<profile>/ (idempotent):
 #   weightmap-torch  with libtorch (the default cargo feature): tracing, verifying,
-#                    TorchScript models loaded, CUDA, the batched candidate search;
+#                    TorchScript models loaded, CUDA;
 #   weightmap        without libtorch: starts in milliseconds (libtorch's shared libraries
 #                    take ~0.3 s to load) and hands whatever turns out to need libtorch to
 #                    weightmap-torch, with the same arguments, before writing anything.

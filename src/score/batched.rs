@@ -15,9 +15,9 @@
 //!   target-tree intervals of its matched ancestors' counterparts, for each target tensor
 //!   its place in the target tree (is the target inside?).
 //!
-//! On the CPU ([`native`]) each row keeps a running top-k and skips blocks of columns whose
+//! On the CPU (`native.rs`) each row keeps a running top-k and skips blocks of columns whose
 //! upper bound is below its k-th best; the name part is computed once per pair of masked
-//! names. On a CUDA device ([`torch`], behind the `libtorch` feature) overlaps are matrix
+//! names. On a CUDA device (`torch.rs`, behind the `libtorch` feature) overlaps are matrix
 //! products of 0/1 incidence matrices and the rest broadcast comparisons.
 //!
 //! Tensors only meet tensors of the same shape class (the sorted dimensions, so a

@@ -8,7 +8,7 @@
 //! a tensor's name with its indices masked, so it is computed once per pair of distinct
 //! masked names, which in a model of repeated layers and experts is a handful per tile.
 //! Every score is computed by the same function as the pairwise reference
-//! ([`approx_score`]), so the values are bit-identical to it.
+//! ([`super::approx_score`]), so the values are bit-identical to it.
 
 use super::{
     combine, name_part, rest_part, shape_score, ApproxWeights, Candidate, CandidateOptions,
@@ -154,7 +154,7 @@ impl Bound {
         b
     }
 
-    /// The most source `i` can score against any column of the block: [`combine`] of the
+    /// The most source `i` can score against any column of the block: `combine` of the
     /// best sub-scores the block offers (each a bound of its own).
     fn upper(
         &self,

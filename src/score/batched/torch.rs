@@ -1,5 +1,5 @@
 //! The libtorch path of the batched candidate search: each tile as tensor operations on
-//! the chosen device (the CUDA path; on the CPU the native loop of [`super::native`] gives
+//! the chosen device (the CUDA path; on the CPU the native loop of `native.rs` gives
 //! the same lists faster).
 
 use super::{

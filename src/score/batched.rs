@@ -187,6 +187,16 @@ pub struct Candidate {
 }
 
 /// Source rows and target columns of one tile (a block's tensors of one shape class).
+/// What every tile of one search shares: both sides' features, the options and the
+/// structure matched so far.
+#[derive(Clone, Copy)]
+pub(super) struct Search<'a> {
+    s: &'a Features,
+    t: &'a Features,
+    options: &'a CandidateOptions,
+    context: Option<&'a Context>,
+}
+
 type Tile = (Vec<usize>, Vec<usize>);
 
 /// The features of one side (source or target), computed once.
@@ -619,15 +629,17 @@ fn top_candidates_with(
         tiles.iter().map(|(r, _)| r.len() as u64).sum(),
         "scoring tensors",
     );
+    let search = Search {
+        s,
+        t,
+        options,
+        context,
+    };
     for (rows, cols) in &tiles {
         match engine {
-            Engine::Native => {
-                native::score_tile(s, t, rows, cols, options, context, &mut out, &progress)
-            }
+            Engine::Native => native::score_tile(&search, rows, cols, &mut out, &progress),
             #[cfg(feature = "libtorch")]
-            Engine::Torch => {
-                torch::score_tile(s, t, rows, cols, options, context, &mut out, &progress)?
-            }
+            Engine::Torch => torch::score_tile(&search, rows, cols, &mut out, &progress)?,
         }
     }
     progress.finish();

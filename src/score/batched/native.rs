@@ -11,8 +11,8 @@
 //! ([`super::approx_score`]), so the values are bit-identical to it.
 
 use super::{
-    combine, name_part, rest_part, shape_score, ApproxWeights, Candidate, CandidateOptions,
-    Context, Features, MAX_CONTEXT, MAX_INDICES, TIE_SLACK,
+    combine, name_part, rest_part, shape_score, ApproxWeights, Candidate, Features, Search,
+    MAX_CONTEXT, MAX_INDICES, TIE_SLACK,
 };
 use crate::progress::Progress;
 use rayon::prelude::*;
@@ -206,17 +206,19 @@ impl Bound {
 
 /// Scores `rows` (source tensors) against `cols` (target tensors of the same shape class)
 /// and appends each row's best `options.k + TIE_SLACK` to `out`.
-#[allow(clippy::too_many_arguments)]
 pub(super) fn score_tile(
-    s: &Features,
-    t: &Features,
+    search: &Search<'_>,
     rows: &[usize],
     cols: &[usize],
-    options: &CandidateOptions,
-    context: Option<&Context>,
     out: &mut [Vec<Candidate>],
     progress: &Progress,
 ) {
+    let Search {
+        s,
+        t,
+        options,
+        context,
+    } = *search;
     let w = options.weights;
     let fetch = options.k + TIE_SLACK;
     // Distinct name keys of the columns.

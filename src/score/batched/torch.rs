@@ -3,8 +3,9 @@
 //! the same lists faster).
 
 use super::{
-    Candidate, CandidateOptions, Context, Features, CONTEXT_UNKNOWN, CONTEXT_WEIGHT, DEPTH_SPAN,
-    MAX_CONTEXT, MAX_INDICES, PERMUTED_SHAPE_SCORE, RESHAPE_SHAPE_SCORE, ROW_CHUNK, TIE_SLACK,
+    Candidate, CandidateOptions, Context, Features, Search, CONTEXT_UNKNOWN, CONTEXT_WEIGHT,
+    DEPTH_SPAN, MAX_CONTEXT, MAX_INDICES, PERMUTED_SHAPE_SCORE, RESHAPE_SHAPE_SCORE, ROW_CHUNK,
+    TIE_SLACK,
 };
 use crate::device::Device;
 use crate::error::Error;
@@ -118,17 +119,19 @@ where
 
 /// Scores `rows` against `cols` (one shape class) as tensor operations and appends each
 /// row's best `options.k + TIE_SLACK` of every column chunk to `out`.
-#[allow(clippy::too_many_arguments)]
 pub(super) fn score_tile(
-    s: &Features,
-    t: &Features,
+    search: &Search<'_>,
     rows: &[usize],
     cols: &[usize],
-    options: &CandidateOptions,
-    context: Option<&Context>,
     out: &mut [Vec<Candidate>],
     progress: &Progress,
 ) -> crate::error::Result<()> {
+    let Search {
+        s,
+        t,
+        options,
+        context,
+    } = *search;
     let _guard = tch::no_grad_guard();
     tile(s, t, rows, cols, options, context, out, progress).map_err(torch_err)
 }

@@ -15,8 +15,8 @@ case "${1:-}" in
   "") ;;
   *) echo "build.sh: unknown argument '$1' (use --release or nothing)" >&2; exit 2 ;;
 esac
-cargo build --quiet "${profile[@]}" --bin weightmap
+cargo build --quiet ${profile[@]+"${profile[@]}"} --bin weightmap
 # Copied, not linked: the next build replaces target/$dir/weightmap in place.
 cp -f "target/$dir/weightmap" "target/$dir/weightmap-torch.tmp"
 mv -f "target/$dir/weightmap-torch.tmp" "target/$dir/weightmap-torch"
-cargo build --quiet "${profile[@]}" --no-default-features --bin weightmap
+cargo build --quiet ${profile[@]+"${profile[@]}"} --no-default-features --bin weightmap

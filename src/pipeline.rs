@@ -180,6 +180,11 @@ impl Prepared {
         }
     }
 
+    /// True while an execution order is left to be traced if the first mapping needs it.
+    pub fn order_deferred(&self) -> bool {
+        self.deferred.is_some()
+    }
+
     /// The order step of [`Prepared::suggest_mapping`] for a mapping worked out another way
     /// (`map --by-content`): true when it traced and the mapping must be worked out again.
     pub fn settle_order(&mut self, result: &MappingResult) -> Result<bool> {

@@ -39,8 +39,11 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
     }
     let (request, mut prepared) = args.flags.prepare(&args.source, &args.target)?;
     let opts = request.suggest;
-    // The mapping explained is `map`'s: with an execution order where `map` would trace one.
-    prepared.suggest_mapping(&opts)?;
+    // The mapping explained is `map`'s: with an execution order where `map` would trace one
+    // (a first mapping tells; without a deferred order, explain's own mapping is the only one).
+    if prepared.order_deferred() {
+        prepared.suggest_mapping(&opts)?;
+    }
     super::flags::print_notes(&mut prepared);
     let mapper = &prepared.mapper;
     let source = mapper.source();

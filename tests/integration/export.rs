@@ -17,6 +17,12 @@ fn ok(args: &[&str]) {
 
 fn mapped(case: &str, tmp: &Path) -> Option<(PathBuf, PathBuf)> {
     let dir = corpus()?.join(case);
+    let mapping = map_case(&dir, tmp);
+    Some((dir, mapping))
+}
+
+/// `weightmap map DIR/source.pth DIR/target.pt -o TMP/m.json`: the mapping file.
+fn map_case(dir: &Path, tmp: &Path) -> PathBuf {
     let mapping = tmp.join("m.json");
     ok(&[
         "map",
@@ -26,7 +32,7 @@ fn mapped(case: &str, tmp: &Path) -> Option<(PathBuf, PathBuf)> {
         s(&mapping),
         "--quiet",
     ]);
-    Some((dir, mapping))
+    mapping
 }
 
 /// HF's loop: for each key, the first pattern with a match rewrites it (re.subn); a key
@@ -305,15 +311,7 @@ fn python_converter_converts_exactly_as_apply_does() {
     for case in &cases {
         let name = case.file_name().unwrap().to_str().unwrap();
         let tmp = tempfile::tempdir().unwrap();
-        let mapping = tmp.path().join("m.json");
-        ok(&[
-            "map",
-            s(&case.join("source.pth")),
-            s(&case.join("target.pt")),
-            "-o",
-            s(&mapping),
-            "--quiet",
-        ]);
+        let mapping = map_case(case, tmp.path());
         let applied = tmp.path().join("applied.safetensors");
         ok(&[
             "apply",
@@ -351,15 +349,7 @@ fn python_converter_converts_exactly_as_apply_does() {
 fn hf_key_mapping_lists_the_conversions_it_cannot_express() {
     let fixture = crate::support::repo().join("models/conversions/qkv_concat");
     let tmp = tempfile::tempdir().unwrap();
-    let mapping = tmp.path().join("m.json");
-    ok(&[
-        "map",
-        s(&fixture.join("source.pth")),
-        s(&fixture.join("target.pt")),
-        "-o",
-        s(&mapping),
-        "--quiet",
-    ]);
+    let mapping = map_case(&fixture, tmp.path());
     let m: serde_json::Value = serde_json::from_slice(&std::fs::read(&mapping).unwrap()).unwrap();
     let conversions = m["conversions"].as_array().unwrap();
     assert!(!conversions.is_empty());

@@ -18,9 +18,13 @@ use super::pickle::{self, Pickle, TensorRef, Value};
 use crate::error::{Error, Result};
 use crate::spec::{dtype_size, DataLocation, Format, ModelSpec, TensorInfo, TensorKind};
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::io::Read;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
 use std::ops::Range;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
 const FORMAT: &str = "torch.save zip";
 
@@ -229,11 +233,7 @@ pub fn read_object(path: &Path) -> Result<(ArchiveLayout, Pickle)> {
 
 /// The bytes of an archive's `data.pkl`, refused past [`MAX_DATA_PKL_BYTES`] before any
 /// is read.
-fn read_data_pkl(
-    path: &Path,
-    zip: &mut zip::ZipArchive<std::fs::File>,
-    layout: &ArchiveLayout,
-) -> Result<Vec<u8>> {
+fn read_data_pkl(path: &Path, zip: &mut Zip, layout: &ArchiveLayout) -> Result<Vec<u8>> {
     let corrupt = |m: String| Error::corrupt(path, FORMAT, m);
     let pkl_index = layout
         .entries
@@ -251,8 +251,7 @@ fn read_data_pkl(
 
 /// Tells a `torch.save` zip from a TorchScript archive by its entry names.
 pub fn classify_zip(path: &Path) -> Result<Format> {
-    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let zip = zip::ZipArchive::new(file).map_err(|e| Error::corrupt(path, "zip", e.to_string()))?;
+    let (zip, _) = open_zip(path, |m| Error::corrupt(path, "zip", m))?;
     let names: Vec<&str> = zip.file_names().collect();
     if names
         .iter()
@@ -280,14 +279,142 @@ pub fn read_layout(path: &Path) -> Result<ArchiveLayout> {
     Ok(open_layout(path)?.1)
 }
 
-/// Opens the zip at `path` and reads its layout; the open zip serves to read entries.
-pub(crate) fn open_layout(path: &Path) -> Result<(zip::ZipArchive<std::fs::File>, ArchiveLayout)> {
-    let corrupt = |m: String| Error::corrupt(path, FORMAT, m);
-    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
-    let mut zip =
-        zip::ZipArchive::new(file).map_err(|e| corrupt(format!("unreadable zip: {e}")))?;
+/// An open zip whose entries are read at explicit offsets ([`FileAt`]).
+pub(crate) type Zip = zip::ZipArchive<FileAt>;
 
+/// A file read at explicit offsets (`pread`): clones share the open file but each keeps
+/// its own position, so threads read one archive side by side, and a seek costs no system
+/// call. Sequential small reads (the zip's central directory, a record at a time) go
+/// through a read-ahead window that doubles while the reads stay sequential; a seek
+/// elsewhere starts it small again, so the local header before a tensor's bytes does not
+/// pull those bytes in.
+#[derive(Debug, Clone)]
+pub(crate) struct FileAt {
+    file: Arc<File>,
+    len: u64,
+    pos: u64,
+    window: Vec<u8>,
+    window_start: u64,
+    next_window: usize,
+}
+
+/// The read-ahead window after a seek: a zip local header's fixed part (30 bytes).
+const FIRST_WINDOW: usize = 64;
+/// The largest read-ahead window, and the read size from which reads bypass it.
+const MAX_WINDOW: usize = 64 << 10;
+
+impl FileAt {
+    fn new(file: File, len: u64) -> FileAt {
+        FileAt {
+            file: Arc::new(file),
+            len,
+            pos: 0,
+            window: Vec::new(),
+            window_start: 0,
+            next_window: FIRST_WINDOW,
+        }
+    }
+}
+
+impl Read for FileAt {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        let window_end = self.window_start + self.window.len() as u64;
+        if !(self.window_start..window_end).contains(&self.pos) {
+            if out.len() >= MAX_WINDOW {
+                let n = self.file.read_at(out, self.pos)?;
+                self.pos += n as u64;
+                return Ok(n);
+            }
+            // Sequential: the window grows; anywhere else it starts small again.
+            self.next_window = if self.pos == window_end && !self.window.is_empty() {
+                (self.next_window * 2).min(MAX_WINDOW)
+            } else {
+                FIRST_WINDOW
+            };
+            let size = self.next_window.max(out.len());
+            let size = size.min(self.len.saturating_sub(self.pos) as usize);
+            self.window.resize(size, 0);
+            let n = self.file.read_at(&mut self.window, self.pos)?;
+            self.window.truncate(n);
+            self.window_start = self.pos;
+            if n == 0 {
+                return Ok(0);
+            }
+        }
+        let at = (self.pos - self.window_start) as usize;
+        let n = out.len().min(self.window.len() - at);
+        out[..n].copy_from_slice(&self.window[at..at + n]);
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl Seek for FileAt {
+    fn seek(&mut self, to: SeekFrom) -> std::io::Result<u64> {
+        let pos = match to {
+            SeekFrom::Start(p) => Some(p),
+            SeekFrom::End(d) => self.len.checked_add_signed(d),
+            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+        };
+        self.pos = pos.ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "seek before the start of the file",
+            )
+        })?;
+        Ok(self.pos)
+    }
+}
+
+/// What identifies one version of a file: its path, length and modification time.
+type FileKey = (PathBuf, u64, Option<SystemTime>);
+
+/// The zips opened in this process: each version of a file is opened once (detecting the
+/// format, checking a TorchScript archive and reading its header each need it), and its
+/// layout read once; a clone of the open zip reads entries independently.
+static OPENED: Mutex<Vec<(FileKey, Zip, Option<ArchiveLayout>)>> = Mutex::new(Vec::new());
+
+/// The zip at `path`, opened once per version of the file; `unreadable` words the error of
+/// a file that is no zip.
+fn open_zip(path: &Path, unreadable: impl Fn(String) -> Error) -> Result<(Zip, FileKey)> {
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let meta = file.metadata().map_err(|e| Error::io(path, e))?;
+    let key = (path.to_path_buf(), meta.len(), meta.modified().ok());
+    if let Ok(cache) = OPENED.lock() {
+        if let Some((_, zip, _)) = cache.iter().find(|(k, ..)| *k == key) {
+            return Ok((zip.clone(), key));
+        }
+    }
+    let zip = zip::ZipArchive::new(FileAt::new(file, meta.len()))
+        .map_err(|e| unreadable(e.to_string()))?;
+    if let Ok(mut cache) = OPENED.lock() {
+        cache.push((key.clone(), zip.clone(), None));
+    }
+    Ok((zip, key))
+}
+
+/// Opens the zip at `path` and reads its layout; the open zip serves to read entries.
+pub(crate) fn open_layout(path: &Path) -> Result<(Zip, ArchiveLayout)> {
+    let (zip, key) = open_zip(path, |m| {
+        Error::corrupt(path, FORMAT, format!("unreadable zip: {m}"))
+    })?;
+    if let Ok(cache) = OPENED.lock() {
+        if let Some((_, _, Some(layout))) = cache.iter().find(|(k, ..)| *k == key) {
+            return Ok((zip, layout.clone()));
+        }
+    }
+    let (zip, layout) = read_layout_of(path, zip, key.1)?;
+    if let Ok(mut cache) = OPENED.lock() {
+        if let Some(cached) = cache.iter_mut().find(|(k, ..)| *k == key) {
+            cached.2 = Some(layout.clone());
+        }
+    }
+    Ok((zip, layout))
+}
+
+/// The layout of an open zip of `file_len` bytes: every entry must lie inside the file.
+fn read_layout_of(path: &Path, mut zip: Zip, file_len: u64) -> Result<(Zip, ArchiveLayout)> {
+    let corrupt = |m: String| Error::corrupt(path, FORMAT, m);
     let mut entries = Vec::with_capacity(zip.len());
     for i in 0..zip.len() {
         let f = zip
@@ -479,7 +606,7 @@ fn join(prefix: &str, rel: &str) -> String {
 }
 
 pub(crate) fn read_entry(
-    zip: &mut zip::ZipArchive<std::fs::File>,
+    zip: &mut Zip,
     index: usize,
     limit: u64,
 ) -> std::result::Result<Vec<u8>, String> {
@@ -657,5 +784,46 @@ fn choose_state_dict(p: &Pickle, path: &Path, wanted: Option<&str>) -> Result<Ch
                 message,
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every read through [`FileAt`] (small, large, after seeks back, forward, from the end,
+    /// past the end, on two clones at once) gives the file's own bytes.
+    #[test]
+    fn file_at_reads_what_the_file_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bytes");
+        let bytes: Vec<u8> = (0..300_000u32).map(|i| (i * 7919 % 251) as u8).collect();
+        std::fs::write(&path, &bytes).unwrap();
+        let file = File::open(&path).unwrap();
+        let mut a = FileAt::new(file, bytes.len() as u64);
+        let mut b = a.clone();
+        // (seek, read length): sequential runs, jumps, a large read, the tail.
+        let steps: &[(SeekFrom, usize)] = &[
+            (SeekFrom::Start(0), 30),
+            (SeekFrom::Current(0), 46),
+            (SeekFrom::Current(0), 500),
+            (SeekFrom::Current(0), 3000),
+            (SeekFrom::Start(10), 20),
+            (SeekFrom::Start(200_000), 70_000),
+            (SeekFrom::End(-100), 1000),
+            (SeekFrom::Start(123_456), 1),
+            (SeekFrom::Current(-50), 90),
+            (SeekFrom::Start(400_000), 10),
+        ];
+        for (seek, len) in steps {
+            for reader in [&mut a, &mut b] {
+                let at = reader.seek(*seek).unwrap() as usize;
+                let mut got = Vec::new();
+                reader.take(*len as u64).read_to_end(&mut got).unwrap();
+                let want = &bytes[at.min(bytes.len())..(at + len).min(bytes.len())];
+                assert_eq!(got, want, "{seek:?} {len}");
+            }
+        }
+        assert!(a.seek(SeekFrom::End(-400_000)).is_err());
     }
 }

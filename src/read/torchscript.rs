@@ -8,6 +8,7 @@
 //! order, with each tensor's kind (parameter or buffer) and tied aliases marked. Tensor
 //! attributes that are neither parameters nor buffers follow, marked not persistent.
 
+use super::torchscript_pickle::read_checked;
 pub use super::torchscript_pickle::{locate_tensors, read_header};
 use crate::device::Device;
 use crate::error::{Error, Result};
@@ -78,13 +79,8 @@ pub fn tensor_kind(kind: EntryKind) -> TensorKind {
 pub fn read(path: &Path) -> Result<ModelSpec> {
     require_torchscript(path)?;
     // The same bounds as before libtorch sees the file: a file refused there is refused
-    // here, whichever reader follows.
-    // Independent reads of the same archive: side by side on two threads.
-    let (checked, header) = rayon::join(
-        || super::torchscript_archive::check(path),
-        || read_header(path),
-    );
-    checked?;
+    // here, whichever reader follows. One pass reads what both need.
+    let header = read_checked(path);
     match header {
         #[cfg(feature = "libtorch")]
         Err(Error::Unsupported { .. }) => read_loaded(path),

@@ -22,7 +22,6 @@
 
 use crate::error::{Error, Result};
 use crate::format::{pickle, torch_zip};
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::SystemTime;
@@ -52,56 +51,105 @@ pub const MAX_CODE_CHAIN: usize = 1000;
 /// An archive that passed is remembered (by path, size and modification time) for the rest
 /// of the process: reading a target and then loading it for its order checks it once.
 pub fn check(path: &Path) -> Result<()> {
-    static PASSED: Mutex<Vec<(PathBuf, u64, Option<SystemTime>)>> = Mutex::new(Vec::new());
-    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
-    let key = (path.to_path_buf(), meta.len(), meta.modified().ok());
-    if PASSED.lock().is_ok_and(|p| p.contains(&key)) {
+    if passed(path)?.0 {
         return Ok(());
     }
-    check_archive(path)?;
-    if let Ok(mut p) = PASSED.lock() {
-        p.push(key);
-    }
-    Ok(())
+    scan(path, |_, _| None::<()>).map(drop)
 }
 
-fn check_archive(path: &Path) -> Result<()> {
+/// What identifies one version of a file: its path, length and modification time.
+type FileKey = (PathBuf, u64, Option<SystemTime>);
+
+/// The archives that passed [`check`] in this process.
+static PASSED: Mutex<Vec<FileKey>> = Mutex::new(Vec::new());
+
+/// Whether the archive at `path`, as it is now, passed the check in this process; and its
+/// key.
+fn passed(path: &Path) -> Result<(bool, FileKey)> {
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    let key = (path.to_path_buf(), meta.len(), meta.modified().ok());
+    Ok((PASSED.lock().is_ok_and(|p| p.contains(&key)), key))
+}
+
+/// Checks the archive as [`check`] does, and hands each pickle and source entry that passed
+/// to `visit` (its entry name and bytes), so that a reader of those entries inflates each
+/// once: `visit`'s answers come back in entry order.
+pub(crate) fn scan<T: Send>(
+    path: &Path,
+    visit: impl Fn(&str, &[u8]) -> Option<T> + Sync,
+) -> Result<Vec<T>> {
+    let key = passed(path)?.1;
     let corrupt = |m: String| Error::corrupt(path, FORMAT, m);
-    let (mut zip, layout) = torch_zip::open_layout(path)?;
+    let (zip, layout) = torch_zip::open_layout(path)?;
     if layout.entries.len() > MAX_ENTRIES {
         return Err(corrupt(format!(
             "{} zip entries, more than the {MAX_ENTRIES} accepted",
             layout.entries.len()
         )));
     }
-    for (i, entry) in layout.entries.iter().enumerate() {
-        let name = entry.name.as_str();
-        let is_pickle = name.ends_with(".pkl") || name.ends_with(".debug_pkl");
-        let is_code = name.ends_with(".py") && name.contains("code/");
-        if !is_pickle && !is_code {
-            continue;
+    // Entries are independent: checked side by side, each worker with its own reader of
+    // the one open zip; the first refusal in entry order is reported.
+    use rayon::prelude::*;
+    let checked: Vec<(usize, std::result::Result<Option<T>, String>)> = layout
+        .entries
+        .par_iter()
+        .enumerate()
+        .map_init(
+            || zip.clone(),
+            |zip, (i, entry)| {
+                let visited = check_entry(zip, i, entry)
+                    .map(|bytes| bytes.and_then(|b| visit(&entry.name, &b)));
+                (i, visited)
+            },
+        )
+        .filter(|(_, v)| !matches!(v, Ok(None)))
+        .collect();
+    let mut visited = Vec::new();
+    for (_, v) in checked {
+        match v {
+            Ok(Some(t)) => visited.push(t),
+            Ok(None) => {}
+            Err(m) => return Err(corrupt(m)),
         }
-        let limit = if is_pickle {
-            MAX_PICKLE_BYTES
-        } else {
-            MAX_CODE_BYTES
-        };
-        if entry.size > limit {
-            return Err(corrupt(format!(
-                "{name} declares {} bytes, more than the {limit}-byte limit",
-                entry.size
-            )));
-        }
-        let bytes = torch_zip::read_entry(&mut zip, i, limit)
-            .map_err(|m| corrupt(format!("{name}: {m}")))?;
-        let problem = if is_pickle {
-            check_pickle(&bytes)
-        } else {
-            check_code(&bytes)
-        };
-        problem.map_err(|m| corrupt(format!("{name}: {m}; refused before libtorch loads it")))?;
     }
-    Ok(())
+    if let Ok(mut p) = PASSED.lock() {
+        p.push(key);
+    }
+    Ok(visited)
+}
+
+/// Checks one entry of the archive if it is a pickle or source code, and gives its bytes;
+/// the message names the entry.
+fn check_entry(
+    zip: &mut torch_zip::Zip,
+    i: usize,
+    entry: &torch_zip::ArchiveEntry,
+) -> std::result::Result<Option<Vec<u8>>, String> {
+    let name = entry.name.as_str();
+    let is_pickle = name.ends_with(".pkl") || name.ends_with(".debug_pkl");
+    let is_code = name.ends_with(".py") && name.contains("code/");
+    if !is_pickle && !is_code {
+        return Ok(None);
+    }
+    let limit = if is_pickle {
+        MAX_PICKLE_BYTES
+    } else {
+        MAX_CODE_BYTES
+    };
+    if entry.size > limit {
+        return Err(format!(
+            "{name} declares {} bytes, more than the {limit}-byte limit",
+            entry.size
+        ));
+    }
+    let bytes = torch_zip::read_entry(zip, i, limit).map_err(|m| format!("{name}: {m}"))?;
+    let problem = if is_pickle {
+        check_pickle(&bytes)
+    } else {
+        check_code(&bytes)
+    };
+    problem.map_err(|m| format!("{name}: {m}; refused before libtorch loads it"))?;
+    Ok(Some(bytes))
 }
 
 /// Parses a pickle with the bounded machine and measures its container nesting.
@@ -138,39 +186,49 @@ fn children(node: &pickle::Node) -> Vec<pickle::Value> {
 /// or not (libtorch builds and destroys them all). Iterative, memoized over shared nodes;
 /// a cycle counts once.
 fn pickle_nesting(p: &pickle::Pickle) -> usize {
-    let mut depth: HashMap<u32, usize> = HashMap::new();
-    let mut on_path: std::collections::HashSet<u32> = Default::default();
+    // Indexed by node id (the arena's order): 0 while unmeasured.
+    let mut depth: Vec<usize> = Vec::new();
+    let mut on_path: Vec<bool> = Vec::new();
+    let known = |depth: &[usize], id: u32| depth.get(id as usize).copied().unwrap_or(0);
     let mut deepest = 0;
     let mut id = 0u32;
     while let Some(node) = p.node(pickle::Value::Node(id)) {
-        if !depth.contains_key(&id) {
+        if depth.len() <= id as usize {
+            depth.resize(id as usize + 1, 0);
+            on_path.resize(id as usize + 1, false);
+        }
+        if depth[id as usize] == 0 {
             // Explicit stack of (node, its children, next child index).
             let mut stack = vec![(id, children(node), 0usize)];
-            on_path.insert(id);
+            on_path[id as usize] = true;
             while let Some((n, kids, next)) = stack.last_mut() {
                 let n = *n;
                 if let Some(&child) = kids.get(*next) {
                     *next += 1;
                     if let pickle::Value::Node(c) = child {
-                        if !depth.contains_key(&c) && !on_path.contains(&c) {
-                            if let Some(cn) = p.node(child) {
-                                on_path.insert(c);
-                                stack.push((c, children(cn), 0));
+                        let fresh = known(&depth, c) == 0
+                            && !on_path.get(c as usize).copied().unwrap_or(false);
+                        if let (true, Some(cn)) = (fresh, p.node(child)) {
+                            if depth.len() <= c as usize {
+                                depth.resize(c as usize + 1, 0);
+                                on_path.resize(c as usize + 1, false);
                             }
+                            on_path[c as usize] = true;
+                            stack.push((c, children(cn), 0));
                         }
                     }
                     continue;
                 }
                 let d = 1 + kids
                     .iter()
-                    .filter_map(|k| match k {
-                        pickle::Value::Node(c) => depth.get(c).copied(),
-                        _ => None,
+                    .map(|k| match k {
+                        pickle::Value::Node(c) => known(&depth, *c),
+                        _ => 0,
                     })
                     .max()
                     .unwrap_or(0);
-                depth.insert(n, d);
-                on_path.remove(&n);
+                depth[n as usize] = d;
+                on_path[n as usize] = false;
                 deepest = deepest.max(d);
                 stack.pop();
             }

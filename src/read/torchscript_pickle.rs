@@ -43,11 +43,14 @@ struct ClassInfo {
 /// The archive opened for reading its pickles and class headers.
 struct Archive<'a> {
     path: &'a Path,
-    zip: zip::ZipArchive<std::fs::File>,
+    zip: torch_zip::Zip,
     layout: torch_zip::ArchiveLayout,
     index: HashMap<String, usize>,
-    /// Parsed source files by module qualifier (`__torch__.torch.nn.modules.linear`).
+    /// The class headers of each source file read, by entry name
+    /// (`<prefix>/code/__torch__/torch/nn/modules/linear.py`).
     files: HashMap<String, HashMap<String, ClassInfo>>,
+    /// `data.pkl`, when the archive check read it already.
+    data_pkl: Option<Vec<u8>>,
 }
 
 impl<'a> Archive<'a> {
@@ -65,6 +68,7 @@ impl<'a> Archive<'a> {
             layout,
             index,
             files: HashMap::new(),
+            data_pkl: None,
         })
     }
 
@@ -75,7 +79,12 @@ impl<'a> Archive<'a> {
     /// The entry `<prefix>/<rel>`, at most `limit` bytes; `None` when there is none.
     fn entry(&mut self, rel: &str, limit: u64) -> Result<Option<Vec<u8>>> {
         let name = self.layout.entry_name(rel);
-        let Some(&i) = self.index.get(&name) else {
+        self.entry_named(&name, limit)
+    }
+
+    /// The entry `name`, at most `limit` bytes; `None` when there is none.
+    fn entry_named(&mut self, name: &str, limit: u64) -> Result<Option<Vec<u8>>> {
+        let Some(&i) = self.index.get(name) else {
             return Ok(None);
         };
         torch_zip::read_entry(&mut self.zip, i, limit)
@@ -85,16 +94,18 @@ impl<'a> Archive<'a> {
 
     /// The class `module.name`'s header, reading `code/<module as path>.py` once.
     fn class(&mut self, module: &str, name: &str) -> Result<&ClassInfo> {
-        if !self.files.contains_key(module) {
-            let rel = format!("code/{}.py", module.replace('.', "/"));
-            let classes = match self.entry(&rel, MAX_CODE_BYTES)? {
+        let entry = self
+            .layout
+            .entry_name(&format!("code/{}.py", module.replace('.', "/")));
+        if !self.files.contains_key(&entry) {
+            let classes = match self.entry_named(&entry, MAX_CODE_BYTES)? {
                 Some(code) => class_headers(&String::from_utf8_lossy(&code)),
                 None => HashMap::new(),
             };
-            self.files.insert(module.to_string(), classes);
+            self.files.insert(entry.clone(), classes);
         }
         let path = self.path;
-        self.files[module]
+        self.files[&entry]
             .get(name)
             .ok_or_else(|| Error::Unsupported {
                 path: path.into(),
@@ -162,9 +173,12 @@ fn class_headers(code: &str) -> HashMap<String, ClassInfo> {
 
 /// Reads `<prefix>/data.pkl` of an opened archive.
 fn data_pickle(archive: &mut Archive) -> Result<pickle::Pickle> {
-    let bytes = archive
-        .entry("data.pkl", MAX_DATA_PKL_BYTES)?
-        .ok_or_else(|| archive.corrupt("no data.pkl (the module's attributes)".into()))?;
+    let bytes = match archive.data_pkl.take() {
+        Some(bytes) => bytes,
+        None => archive
+            .entry("data.pkl", MAX_DATA_PKL_BYTES)?
+            .ok_or_else(|| archive.corrupt("no data.pkl (the module's attributes)".into()))?,
+    };
     pickle::parse(&bytes).map_err(|e| archive.corrupt(format!("data.pkl: {e}")))
 }
 
@@ -286,7 +300,43 @@ fn location(t: &TensorRef) -> DataLocation {
 /// cannot follow ([`Error::Unsupported`]: a custom `__getstate__`, a class without code),
 /// which libtorch can still load.
 pub fn read_header(path: &Path) -> Result<ModelSpec> {
+    spec_of(Archive::open(path)?)
+}
+
+/// What [`read_header`] gives, for an archive that also passes the bounds check of
+/// [`torchscript_archive::check`](super::torchscript_archive::check) (which is run
+/// first): one pass over the archive inflates each source file and pickle once, for both.
+pub fn read_checked(path: &Path) -> Result<ModelSpec> {
+    enum Read {
+        Classes(String, HashMap<String, ClassInfo>),
+        Data(Vec<u8>),
+    }
     let mut archive = Archive::open(path)?;
+    let data_name = archive.layout.entry_name("data.pkl");
+    let read = super::torchscript_archive::scan(path, |name, bytes| {
+        if name == data_name {
+            Some(Read::Data(bytes.to_vec()))
+        } else if name.ends_with(".py") {
+            let classes = class_headers(&String::from_utf8_lossy(bytes));
+            Some(Read::Classes(name.to_string(), classes))
+        } else {
+            None
+        }
+    })?;
+    for r in read {
+        match r {
+            Read::Classes(name, classes) => {
+                archive.files.insert(name, classes);
+            }
+            Read::Data(bytes) => archive.data_pkl = Some(bytes),
+        }
+    }
+    spec_of(archive)
+}
+
+/// The state dict of an opened archive (see [`read_header`]).
+fn spec_of(mut archive: Archive) -> Result<ModelSpec> {
+    let path = archive.path;
     let p = data_pickle(&mut archive)?;
     let found = module_tensors(&mut archive, &p)?;
     // Ties as the shim marks them: the same tensor object, or the same non-empty view.

@@ -55,4 +55,60 @@ fn main() {
     for lib in ["torch_cpu", "torch", "c10"] {
         println!("cargo:rustc-link-lib=dylib={lib}");
     }
+    // libtorch allocates through malloc and operator new: a third of loading a large
+    // TorchScript model went to glibc's malloc. mimalloc (the Rust allocator, built with
+    // its `override` feature) defines all of them, but the linker drops definitions nothing
+    // in the binary calls; kept, they are exported, and libtorch binds to them. The whole
+    // family must come from one allocator, since memory is freed where it was not taken.
+    for symbol in ALLOCATION_SYMBOLS {
+        println!("cargo:rustc-link-arg=-Wl,--undefined={symbol}");
+    }
 }
+
+/// The C and C++ allocation functions mimalloc's override defines (its
+/// `alloc-override.c`), every one of which must replace glibc's and libstdc++'s.
+const ALLOCATION_SYMBOLS: &[&str] = &[
+    "malloc",
+    "calloc",
+    "realloc",
+    "free",
+    "cfree",
+    "posix_memalign",
+    "aligned_alloc",
+    "memalign",
+    "valloc",
+    "pvalloc",
+    "malloc_usable_size",
+    "reallocarray",
+    "strdup",
+    "strndup",
+    "__libc_malloc",
+    "__libc_calloc",
+    "__libc_realloc",
+    "__libc_free",
+    "__libc_cfree",
+    "__libc_memalign",
+    "__libc_valloc",
+    "__libc_pvalloc",
+    "__posix_memalign",
+    "_Znwm",
+    "_Znam",
+    "_ZnwmRKSt9nothrow_t",
+    "_ZnamRKSt9nothrow_t",
+    "_ZnwmSt11align_val_t",
+    "_ZnamSt11align_val_t",
+    "_ZnwmSt11align_val_tRKSt9nothrow_t",
+    "_ZnamSt11align_val_tRKSt9nothrow_t",
+    "_ZdlPv",
+    "_ZdaPv",
+    "_ZdlPvm",
+    "_ZdaPvm",
+    "_ZdlPvRKSt9nothrow_t",
+    "_ZdaPvRKSt9nothrow_t",
+    "_ZdlPvSt11align_val_t",
+    "_ZdaPvSt11align_val_t",
+    "_ZdlPvmSt11align_val_t",
+    "_ZdaPvmSt11align_val_t",
+    "_ZdlPvSt11align_val_tRKSt9nothrow_t",
+    "_ZdaPvSt11align_val_tRKSt9nothrow_t",
+];

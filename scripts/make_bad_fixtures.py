@@ -64,6 +64,11 @@ def main():
     rewrite(raw, BAD / "ts_deep_constants.pt",
             lambda name, data: nested if name.endswith("/constants.pkl") else data)
 
+    # Every debug file: the same million-deep list. libtorch would unpickle it, but weightmap
+    # loads archives without their debug files, so this archive reads, loads and traces.
+    rewrite(raw, BAD / "ts_deep_debug_pkl.pt",
+            lambda name, data: nested if name.endswith(".debug_pkl") else data)
+
     # data.pkl: a BINUNICODE string declaring 0xffffffff bytes.
     huge = b"\x80\x02X" + struct.pack("<I", 0xFFFFFFFF) + b"abc."
     rewrite(raw, BAD / "ts_huge_string.pt",

@@ -484,13 +484,15 @@ int wm_cuda_is_available() {
 }
 
 // Loads a TorchScript archive onto `device` ("cpu", "cuda", "cuda:1") in eval mode.
-// Returns null and sets *err on failure.
+// Returns null and sets *err on failure. The archive's debug files (`*.debug_pkl`: source
+// ranges for error messages, the bulk of a large archive's code) are not loaded: nothing
+// here reads them, and unpickling them is a large share of the load.
 wm_module* wm_module_load(const char* path, const char* device, char** err) {
   wm_module* out = nullptr;
   guarded(err, [&] {
     const c10::Device d = parse_device(device);
     auto m = std::make_unique<wm_module>();
-    m->module = torch::jit::load(std::string(path), d);
+    m->module = torch::jit::load(std::string(path), d, /*load_debug_files=*/false);
     m->module.eval();
     refresh(*m);
     out = m.release();

@@ -9,7 +9,7 @@
 //!
 //! - zip entries that lie outside the file, too many entries, or entries larger than the
 //!   limits below;
-//! - pickles (`*.pkl`, `*.debug_pkl`) that the bounded pickle machine ([`crate::format::pickle`])
+//! - pickles (`*.pkl`) that the bounded pickle machine ([`crate::format::pickle`])
 //!   refuses (lengths past the end of the data, oversized stacks and memos), or whose
 //!   containers nest deeper than [`MAX_PICKLE_NESTING`];
 //! - source files whose brackets nest deeper than [`MAX_CODE_BRACKETS`] (CPython's own
@@ -19,6 +19,10 @@
 //!
 //! The limits are far above what `torch.jit.save` writes for real models, whose generated
 //! code nests a few levels and whose pickles nest as deep as the module tree.
+//!
+//! The debug files (`*.debug_pkl`, the source ranges of the code, often most of the archive)
+//! are not checked: libtorch is asked not to load them (`load_debug_files = false`), so they
+//! never reach it.
 
 use crate::error::{Error, Result};
 use crate::format::{pickle, torch_zip};
@@ -30,7 +34,7 @@ const FORMAT: &str = "TorchScript archive";
 
 /// Most zip entries accepted (a tensor is one entry; 2M covers the largest models).
 pub const MAX_ENTRIES: usize = 1 << 21;
-/// Largest pickle entry read (`data.pkl`, `constants.pkl`, `*.debug_pkl`).
+/// Largest pickle entry read (`data.pkl`, `constants.pkl`).
 pub const MAX_PICKLE_BYTES: u64 = torch_zip::MAX_DATA_PKL_BYTES;
 /// Largest source entry (`code/**.py`) read.
 pub const MAX_CODE_BYTES: u64 = 64 << 20;
@@ -126,7 +130,9 @@ fn check_entry(
     entry: &torch_zip::ArchiveEntry,
 ) -> std::result::Result<Option<Vec<u8>>, String> {
     let name = entry.name.as_str();
-    let is_pickle = name.ends_with(".pkl") || name.ends_with(".debug_pkl");
+    // `*.debug_pkl` (source ranges, most of a large archive's code) are not read: the shim
+    // loads archives without their debug files.
+    let is_pickle = name.ends_with(".pkl");
     let is_code = name.ends_with(".py") && name.contains("code/");
     if !is_pickle && !is_code {
         return Ok(None);

@@ -431,6 +431,30 @@ fn torchscript_with_a_4_gib_string_length_is_refused() {
     );
 }
 
+/// The debug files (`*.debug_pkl`) of an archive are neither checked nor loaded: a
+/// million-deep list in each of them (which the bounded pickle machine refuses) does not
+/// stop reading, tracing or a forward pass, since libtorch is asked not to load them.
+#[test]
+fn torchscript_debug_files_are_neither_checked_nor_loaded() {
+    let ts = models().join("bad").join("ts_deep_debug_pkl.pt");
+    assert!(
+        ts.is_file(),
+        "{} is missing; run scripts/make_bad_fixtures.py",
+        ts.display()
+    );
+    weightmap::read::torchscript_archive::check(&ts).unwrap_or_else(|e| panic!("{e}"));
+    let o = weightmap(&["inspect", s(&ts)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let listing = String::from_utf8_lossy(&o.stdout);
+    assert!(listing.contains("2 tensors"), "{listing}");
+    let dir = tempfile::tempdir().unwrap();
+    let order = dir.path().join("order.json");
+    let o = weightmap(&["trace", s(&ts), "-o", s(&order)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let order = std::fs::read_to_string(&order).unwrap();
+    assert!(order.contains("fc.weight"), "{order}");
+}
+
 #[test]
 fn real_torchscript_fixtures_pass_the_check() {
     for f in [

@@ -55,6 +55,11 @@ pub enum Error {
     NeedsLibtorch {
         /// What needs it, naming the file.
         what: String,
+        /// When a model's execution order is what needs it, after a first mapping without
+        /// the order: what that mapping left for the order to settle. The libtorch build,
+        /// told so ([`MapRequest::order_needed`](crate::pipeline::MapRequest::order_needed)),
+        /// traces at once instead of mapping first again.
+        order_needed: Option<String>,
     },
     /// A requested key (state dict, tensor name) does not exist.
     #[error("{context}: no key '{key}'{hint}")]

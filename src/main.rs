@@ -80,12 +80,12 @@ fn main() {
         #[cfg(feature = "libtorch")]
         Command::Trace(a) => cli::trace::run(a),
         #[cfg(not(feature = "libtorch"))]
-        Command::Trace(_) => Err(cli::delegate::hand_over("`trace`")),
+        Command::Trace(_) => Err(cli::delegate::hand_over("`trace`", None)),
         Command::Apply(a) => cli::apply::run(a),
         #[cfg(feature = "libtorch")]
         Command::Verify(a) => cli::verify::run(a),
         #[cfg(not(feature = "libtorch"))]
-        Command::Verify(_) => Err(cli::delegate::hand_over("`verify`")),
+        Command::Verify(_) => Err(cli::delegate::hand_over("`verify`", None)),
         Command::Tree(a) => cli::tree::run(a),
         Command::Explain(a) => cli::explain::run(a),
         Command::Report(a) => cli::report::run(a),
@@ -100,7 +100,9 @@ fn main() {
     #[cfg(not(feature = "libtorch"))]
     let result = match result {
         Err(e) => match e.downcast_ref::<weightmap::Error>() {
-            Some(weightmap::Error::NeedsLibtorch { what }) => Err(cli::delegate::hand_over(what)),
+            Some(weightmap::Error::NeedsLibtorch { what, order_needed }) => {
+                Err(cli::delegate::hand_over(what, order_needed.as_deref()))
+            }
             _ => Err(e),
         },
         ok => ok,

@@ -85,6 +85,12 @@ pub struct MapRequest {
     /// Rename rules taken as pins: every source tensor a rule renames to a target tensor
     /// is pinned there (pins in `mapper.constraints` win).
     pub rules: Option<Rules>,
+    /// What an earlier mapping of this same request, without a TorchScript model's
+    /// execution order, left for the order to settle ([`MappingResult::order_could_settle`]),
+    /// when that is known before this one starts: the build without libtorch found it and
+    /// handed the command over ([`Error::NeedsLibtorch`]'s `order_needed`). [`OrderPolicy::Auto`]
+    /// then traces at once, beside the reading, instead of mapping first without the order.
+    pub order_needed: Option<String>,
 }
 
 impl MapRequest {
@@ -102,6 +108,7 @@ impl MapRequest {
             mapper: MapperOptions::default(),
             suggest: SuggestOptions::default(),
             rules: None,
+            order_needed: None,
         }
     }
 
@@ -211,6 +218,15 @@ impl Prepared {
         let mut clock = crate::progress::StageClock::start();
         let mut source_order = self.mapper.options().source_order.clone();
         let mut target_order = self.mapper.options().target_order.clone();
+        // Without libtorch, the error says why the order is needed: the libtorch build it
+        // is handed to then traces at once.
+        let needed = |e: Error| match e {
+            Error::NeedsLibtorch { what, .. } => Error::NeedsLibtorch {
+                what,
+                order_needed: Some(unsettled.clone()),
+            },
+            e => e,
+        };
         if deferred.target {
             target_order = timed_order(
                 request,
@@ -218,11 +234,12 @@ impl Prepared {
                 &request.inputs,
                 &mut self.warnings,
                 &mut self.notes,
-            )?;
+            )
+            .map_err(needed)?;
         }
         if deferred.source {
-            source_order =
-                timed_order(request, "source", &[], &mut self.warnings, &mut self.notes)?;
+            source_order = timed_order(request, "source", &[], &mut self.warnings, &mut self.notes)
+                .map_err(needed)?;
         }
         clock.lap("order");
         self.notes.push(format!(
@@ -240,12 +257,46 @@ impl Prepared {
 pub fn prepare(request: &MapRequest) -> Result<Prepared> {
     request.validate()?;
     let mut clock = crate::progress::StageClock::start();
-    let source = read_model(&request.source, &request.read)?;
-    let target_read = ReadOptions {
-        state_dict_key: None,
-        ..request.read.clone()
+    // Auto traces a TorchScript model only when the first mapping needs its order, unless
+    // an earlier mapping of this request found that it does.
+    let defer = |format: Option<Format>, file: &Option<PathBuf>| {
+        request.order == OrderPolicy::Auto
+            && request.order_needed.is_none()
+            && file.is_none()
+            && format == Some(Format::TorchScript)
     };
-    let target = read_model(&request.target, &target_read)?;
+    // A target traced now is loaded and traced beside the reading of both headers. (A
+    // format that cannot be told is left to the reader to report, in its turn.)
+    let target_format = detect_format(&request.target).ok();
+    let trace_target = request.target_order.is_none() && target_format == Some(Format::TorchScript);
+    let trace_target = trace_target && !defer(target_format, &request.target_order);
+    let (read, traced) = std::thread::scope(|scope| {
+        let traced = trace_target.then(|| {
+            scope.spawn(|| {
+                let (mut warnings, mut notes) = (Vec::new(), Vec::new());
+                let order = timed_order(
+                    request,
+                    "target",
+                    &request.inputs,
+                    &mut warnings,
+                    &mut notes,
+                );
+                (order, warnings, notes)
+            })
+        });
+        let read = || -> Result<(ModelSpec, ModelSpec)> {
+            let source = read_model(&request.source, &request.read)?;
+            let target_read = ReadOptions {
+                state_dict_key: None,
+                ..request.read.clone()
+            };
+            Ok((source, read_model(&request.target, &target_read)?))
+        };
+        let read = read();
+        let traced = traced.map(|t| t.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
+        (read, traced)
+    });
+    let (source, target) = read?;
     clock.lap("read");
     let mut warnings = Vec::new();
     let mut notes = Vec::new();
@@ -265,19 +316,20 @@ pub fn prepare(request: &MapRequest) -> Result<Prepared> {
             ));
         }
     }
-    // Auto traces a TorchScript model only when the first mapping needs its order.
-    let defer = |spec: &ModelSpec, file: &Option<PathBuf>| {
-        request.order == OrderPolicy::Auto && file.is_none() && spec.format == Format::TorchScript
-    };
     let deferred = Deferred {
         request: request.clone(),
-        source: defer(&source, &request.source_order),
-        target: defer(&target, &request.target_order),
+        source: defer(Some(source.format), &request.source_order),
+        target: defer(Some(target.format), &request.target_order),
     };
-    let target_order = match &request.target_order {
-        Some(file) => Some(order_from_file(file, &target)?),
-        None if deferred.target => None,
-        None => timed_order(
+    let target_order = match (&request.target_order, traced) {
+        (Some(file), _) => Some(order_from_file(file, &target)?),
+        (None, Some((order, w, n))) => {
+            warnings.extend(w);
+            notes.extend(n);
+            order?
+        }
+        (None, None) if deferred.target => None,
+        (None, None) => timed_order(
             request,
             "target",
             &request.inputs,
@@ -290,6 +342,34 @@ pub fn prepare(request: &MapRequest) -> Result<Prepared> {
         None if deferred.source => None,
         None => timed_order(request, "source", &[], &mut warnings, &mut notes)?,
     };
+    if let Some(unsettled) = &request.order_needed {
+        let traced: Vec<String> = [
+            (
+                &source,
+                &request.source,
+                &source_order,
+                &request.source_order,
+            ),
+            (
+                &target,
+                &request.target,
+                &target_order,
+                &request.target_order,
+            ),
+        ]
+        .iter()
+        .filter(|(spec, _, order, file)| {
+            spec.format == Format::TorchScript && order.is_some() && file.is_none()
+        })
+        .map(|(_, path, ..)| path.display().to_string())
+        .collect();
+        if !traced.is_empty() {
+            notes.push(format!(
+                "{}: traced for its execution order ({unsettled} without it)",
+                traced.join(" and ")
+            ));
+        }
+    }
     clock.lap("order");
     let mut options = MapperOptions {
         target_order,
@@ -367,6 +447,7 @@ fn check_device(device: Device) -> Result<()> {
         Device::Cpu => Ok(()),
         Device::Cuda(_) => Err(Error::NeedsLibtorch {
             what: format!("the device '{device}'"),
+            order_needed: None,
         }),
     }
 }

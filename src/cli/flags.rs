@@ -191,6 +191,7 @@ impl MappingFlags {
                 Some(path) => Some(weightmap::rules::Rules::load(path)?),
                 None => None,
             },
+            order_needed: super::delegate::order_needed(),
         };
         request.validate().map_err(flag_names)?;
         Ok(request)

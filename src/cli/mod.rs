@@ -1,7 +1,6 @@
 //! Subcommands of the `weightmap` binary, one file each.
 
 pub mod apply;
-#[cfg(not(feature = "libtorch"))]
 pub mod delegate;
 pub mod diff;
 pub mod explain;

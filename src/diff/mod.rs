@@ -144,6 +144,7 @@ pub fn diff(a: &Path, b: &Path, options: &DiffOptions) -> Result<DiffResult> {
                 a.display(),
                 b.display()
             ),
+            order_needed: None,
         });
     }
     // The engine puts back a prefix stripped on one side that the other uses: both sides

@@ -56,6 +56,7 @@ pub fn script_module(path: &Path, _device: Device) -> Result<std::convert::Infal
     require_torchscript(path)?;
     Err(Error::NeedsLibtorch {
         what: format!("loading the TorchScript model {}", path.display()),
+        order_needed: None,
     })
 }
 
@@ -90,6 +91,7 @@ pub fn read(path: &Path) -> Result<ModelSpec> {
                 "reading the TorchScript model {} ({message})",
                 path.display()
             ),
+            order_needed: None,
         }),
         other => other,
     }

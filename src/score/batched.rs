@@ -564,6 +564,7 @@ pub fn top_candidates_from(
         Device::Cuda(_) => {
             return Err(Error::NeedsLibtorch {
                 what: format!("the batched candidate search on {}", options.device),
+                order_needed: None,
             })
         }
     };

@@ -211,6 +211,37 @@ fn auto_traces_only_when_the_mapping_needs_order() {
     assert_eq!(order_of(SOURCES[0], TARGET), OrderKind::Static);
 }
 
+/// Told that an earlier mapping of the same request needs the order (what the build
+/// without libtorch hands over), auto traces at once: even a pair that names and shapes
+/// decide gets its target traced, nothing is left deferred, and the note says why.
+#[test]
+fn auto_traces_at_once_when_the_order_is_known_to_be_needed() {
+    use weightmap::mapper::OrderKind;
+    use weightmap::pipeline::{prepare, MapRequest};
+    let mut request = MapRequest::new(
+        &repo().join("models/demo_source.pth"),
+        &repo().join("models/demo_target.pt"),
+    );
+    let lazy = prepare(&request).unwrap();
+    assert!(lazy.order_deferred());
+    assert!(lazy.mapper.options().target_order.is_none());
+
+    request.order_needed = Some("2 look-alikes left ambiguous".into());
+    let mut eager = prepare(&request).unwrap();
+    assert!(!eager.order_deferred());
+    assert!(eager.mapper.options().target_order.is_some());
+    assert!(
+        eager.notes.iter().any(|n| n
+            .ends_with("traced for its execution order (2 look-alikes left ambiguous without it)")),
+        "{:?}",
+        eager.notes
+    );
+    let result = eager
+        .suggest_mapping(&request.suggest)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(result.target.order, OrderKind::Static);
+}
+
 /// Runs weightmap with `args`, which must succeed: its JSON report and its stderr.
 fn report_of(args: &[&str]) -> (Value, String) {
     let out = weightmap(args);

@@ -79,11 +79,13 @@ fn hands_what_needs_libtorch_to_the_libtorch_build() {
     let dir = tempfile::tempdir().unwrap();
     // An order is needed: the same mapping file as the libtorch build writes itself.
     let (via_thin, direct) = (dir.path().join("a.json"), dir.path().join("b.json"));
+    // Each build maps twice: first without the order, then with it. Handed over, the
+    // libtorch build is told the order is needed and does not map first again.
     for (binary, out) in [(thin(), &via_thin), (torch.clone(), &direct)] {
         let o = run(
             &binary,
             &["map", ORDER_SOURCE, ORDER_TARGET, "-o", s(out)],
-            &[],
+            &[("WEIGHTMAP_TIMINGS", "1")],
         );
         let stderr = String::from_utf8_lossy(&o.stderr);
         assert!(o.status.success(), "{stderr}");
@@ -91,6 +93,8 @@ fn hands_what_needs_libtorch_to_the_libtorch_build() {
             stderr.contains("traced for its execution order"),
             "{stderr}"
         );
+        let mappings = stderr.matches("timing: structure").count();
+        assert_eq!(mappings, 2, "{stderr}");
     }
     assert_eq!(
         std::fs::read_to_string(&via_thin).unwrap(),

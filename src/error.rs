@@ -57,8 +57,8 @@ pub enum Error {
         what: String,
         /// When a model's execution order is what needs it, after a first mapping without
         /// the order: what that mapping left for the order to settle. The libtorch build,
-        /// told so ([`MapRequest::order_needed`](crate::pipeline::MapRequest::order_needed)),
-        /// traces at once instead of mapping first again.
+        /// told so (the map request's `order_needed`), traces at once instead of mapping
+        /// first again.
         order_needed: Option<String>,
     },
     /// A requested key (state dict, tensor name) does not exist.

@@ -24,7 +24,6 @@ use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
 
 const FORMAT: &str = "torch.save zip";
 
@@ -366,8 +365,31 @@ impl Seek for FileAt {
     }
 }
 
-/// What identifies one version of a file: its path, length and modification time.
-type FileKey = (PathBuf, u64, Option<SystemTime>);
+/// What identifies one version of a file: its path, device and inode (a file replaced by a
+/// rename is another), length, and modification and change times (to the nanosecond).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct FileKey {
+    path: PathBuf,
+    inode: (u64, u64),
+    len: u64,
+    times: [(i64, i64); 2],
+}
+
+impl FileKey {
+    /// The key of the file at `path` with metadata `meta`.
+    pub(crate) fn new(path: &Path, meta: &std::fs::Metadata) -> FileKey {
+        use std::os::unix::fs::MetadataExt;
+        FileKey {
+            path: path.to_path_buf(),
+            inode: (meta.dev(), meta.ino()),
+            len: meta.len(),
+            times: [
+                (meta.mtime(), meta.mtime_nsec()),
+                (meta.ctime(), meta.ctime_nsec()),
+            ],
+        }
+    }
+}
 
 /// The zips opened in this process: each version of a file is opened once (detecting the
 /// format, checking a TorchScript archive and reading its header each need it), and its
@@ -379,7 +401,7 @@ static OPENED: Mutex<Vec<(FileKey, Zip, Option<ArchiveLayout>)>> = Mutex::new(Ve
 fn open_zip(path: &Path, unreadable: impl Fn(String) -> Error) -> Result<(Zip, FileKey)> {
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
     let meta = file.metadata().map_err(|e| Error::io(path, e))?;
-    let key = (path.to_path_buf(), meta.len(), meta.modified().ok());
+    let key = FileKey::new(path, &meta);
     if let Ok(cache) = OPENED.lock() {
         if let Some((_, zip, _)) = cache.iter().find(|(k, ..)| *k == key) {
             return Ok((zip.clone(), key));
@@ -403,7 +425,7 @@ pub(crate) fn open_layout(path: &Path) -> Result<(Zip, ArchiveLayout)> {
             return Ok((zip, layout.clone()));
         }
     }
-    let (zip, layout) = read_layout_of(path, zip, key.1)?;
+    let (zip, layout) = read_layout_of(path, zip, key.len)?;
     if let Ok(mut cache) = OPENED.lock() {
         if let Some(cached) = cache.iter_mut().find(|(k, ..)| *k == key) {
             cached.2 = Some(layout.clone());
@@ -825,5 +847,28 @@ mod tests {
             }
         }
         assert!(a.seek(SeekFrom::End(-400_000)).is_err());
+    }
+
+    /// A zip is opened once per version of its file: replaced (here by one of the same
+    /// length, within the same clock tick), it is read again.
+    #[test]
+    fn a_replaced_zip_is_read_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.pth");
+        let write = |prefix: &str| {
+            let tmp = dir.path().join("tmp.pth");
+            let mut z = zip::ZipWriter::new(File::create(&tmp).unwrap());
+            let stored = zip::write::SimpleFileOptions::default()
+                .compression_method(zip::CompressionMethod::Stored);
+            z.start_file(format!("{prefix}/data.pkl"), stored).unwrap();
+            std::io::Write::write_all(&mut z, b"\x80\x02}q\x00.").unwrap();
+            z.finish().unwrap();
+            std::fs::rename(&tmp, &path).unwrap();
+        };
+        write("first");
+        assert_eq!(open_layout(&path).unwrap().1.prefix, "first");
+        assert_eq!(open_layout(&path).unwrap().1.prefix, "first");
+        write("other");
+        assert_eq!(open_layout(&path).unwrap().1.prefix, "other");
     }
 }

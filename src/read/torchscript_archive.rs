@@ -25,10 +25,10 @@
 //! never reach it.
 
 use crate::error::{Error, Result};
-use crate::format::{pickle, torch_zip};
-use std::path::{Path, PathBuf};
+use crate::format::pickle;
+use crate::format::torch_zip::{self, FileKey};
+use std::path::Path;
 use std::sync::Mutex;
-use std::time::SystemTime;
 
 const FORMAT: &str = "TorchScript archive";
 
@@ -52,7 +52,7 @@ pub const MAX_CODE_CHAIN: usize = 1000;
 /// Checks the TorchScript archive at `path` against the limits of this module; an error
 /// names the file and the entry at fault.
 ///
-/// An archive that passed is remembered (by path, size and modification time) for the rest
+/// An archive that passed is remembered (by path, inode, size and times) for the rest
 /// of the process: reading a target and then loading it for its order checks it once.
 pub fn check(path: &Path) -> Result<()> {
     if passed(path)?.0 {
@@ -61,9 +61,6 @@ pub fn check(path: &Path) -> Result<()> {
     scan(path, |_, _| None::<()>).map(drop)
 }
 
-/// What identifies one version of a file: its path, length and modification time.
-type FileKey = (PathBuf, u64, Option<SystemTime>);
-
 /// The archives that passed [`check`] in this process.
 static PASSED: Mutex<Vec<FileKey>> = Mutex::new(Vec::new());
 
@@ -71,7 +68,7 @@ static PASSED: Mutex<Vec<FileKey>> = Mutex::new(Vec::new());
 /// key.
 fn passed(path: &Path) -> Result<(bool, FileKey)> {
     let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
-    let key = (path.to_path_buf(), meta.len(), meta.modified().ok());
+    let key = FileKey::new(path, &meta);
     Ok((PASSED.lock().is_ok_and(|p| p.contains(&key)), key))
 }
 

@@ -84,6 +84,107 @@ pub fn from_slice(bytes: &[u8]) -> serde_json::Result<Value> {
     serde_json::from_slice::<Strict>(bytes).map(|s| s.0)
 }
 
+/// What the top level of a JSON document says of its kind, read without building its
+/// values (a 90k-tensor model spec is 13 MB, parsed whole again by its reader).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct JsonKind {
+    /// The document is an object with a `"weight_map"` key (a sharded-safetensors index).
+    pub weight_map: bool,
+    /// The document is an object whose `"tensors"` is a list (a model spec).
+    pub tensors_list: bool,
+}
+
+/// Which shape a JSON value has, its contents skipped.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    Object(JsonKind),
+    List,
+    Other,
+}
+
+impl<'de> Deserialize<'de> for Shape {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Shape, D::Error> {
+        /// Reads the keys of the top-level object; skips every other value.
+        struct Top(bool);
+        impl<'de> Visitor<'de> for Top {
+            type Value = Shape;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("JSON")
+            }
+            fn visit_bool<E>(self, _: bool) -> std::result::Result<Shape, E> {
+                Ok(Shape::Other)
+            }
+            fn visit_i64<E>(self, _: i64) -> std::result::Result<Shape, E> {
+                Ok(Shape::Other)
+            }
+            fn visit_u64<E>(self, _: u64) -> std::result::Result<Shape, E> {
+                Ok(Shape::Other)
+            }
+            fn visit_f64<E>(self, _: f64) -> std::result::Result<Shape, E> {
+                Ok(Shape::Other)
+            }
+            fn visit_str<E>(self, _: &str) -> std::result::Result<Shape, E> {
+                Ok(Shape::Other)
+            }
+            fn visit_unit<E>(self) -> std::result::Result<Shape, E> {
+                Ok(Shape::Other)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> std::result::Result<Shape, A::Error> {
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(Shape::List)
+            }
+            fn visit_map<A: MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<Shape, A::Error> {
+                let mut kind = JsonKind::default();
+                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    match (self.0, key.as_ref()) {
+                        (true, "weight_map") => {
+                            kind.weight_map = true;
+                            map.next_value::<serde::de::IgnoredAny>()?;
+                        }
+                        (true, "tensors") => {
+                            let value = map.next_value_seed(Skip)?;
+                            kind.tensors_list |= value == Shape::List;
+                        }
+                        _ => {
+                            map.next_value::<serde::de::IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(Shape::Object(kind))
+            }
+        }
+        /// A value below the top level: its shape only.
+        struct Skip;
+        impl<'de> serde::de::DeserializeSeed<'de> for Skip {
+            type Value = Shape;
+            fn deserialize<D: Deserializer<'de>>(
+                self,
+                d: D,
+            ) -> std::result::Result<Shape, D::Error> {
+                d.deserialize_any(Top(false))
+            }
+        }
+        d.deserialize_any(Top(true))
+    }
+}
+
+/// Reads what the top level of the JSON file at `path` says of its kind ([`JsonKind`]),
+/// bounded by [`MAX_JSON_BYTES`]; a document that is not an object has neither key.
+pub fn read_json_kind(path: &Path) -> Result<JsonKind> {
+    let text = read_bounded(path)?;
+    match serde_json::from_slice::<Shape>(&text) {
+        Ok(Shape::Object(kind)) => Ok(kind),
+        Ok(_) => Ok(JsonKind::default()),
+        Err(e) => Err(Error::corrupt(path, "JSON", e.to_string())),
+    }
+}
+
 /// Version of every JSON document weightmap prints with `--json` (and of `map --report`):
 /// one number shared by all commands, raised when a field is removed, renamed or changes
 /// meaning in any of them; new fields may appear without a raise. The README documents the
@@ -112,6 +213,12 @@ pub const MAX_JSON_BYTES: u64 = 1 << 30;
 
 /// Reads a JSON file whole, bounded by [`MAX_JSON_BYTES`].
 pub fn read_json(path: &Path) -> Result<serde_json::Value> {
+    let text = read_bounded(path)?;
+    from_slice(&text).map_err(|e| Error::corrupt(path, "JSON", e.to_string()))
+}
+
+/// The bytes of the file at `path`, refused past [`MAX_JSON_BYTES`] before any is read.
+fn read_bounded(path: &Path) -> Result<Vec<u8>> {
     let len = std::fs::metadata(path)
         .map_err(|e| Error::io(path, e))?
         .len();
@@ -122,8 +229,7 @@ pub fn read_json(path: &Path) -> Result<serde_json::Value> {
             format!("{len} bytes is larger than the {MAX_JSON_BYTES}-byte limit"),
         ));
     }
-    let text = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    from_slice(&text).map_err(|e| Error::corrupt(path, "JSON", e.to_string()))
+    std::fs::read(path).map_err(|e| Error::io(path, e))
 }
 
 /// Writes `value` as pretty JSON (and a final newline) to `path`, through a temporary file
@@ -176,5 +282,32 @@ mod tests {
     fn repeated_key_is_named() {
         let e = from_slice(br#"{"x": {"w": 1, "w": 2}}"#).unwrap_err();
         assert!(e.to_string().contains("\"w\" appears twice"), "{e}");
+    }
+
+    #[test]
+    fn kind_is_read_from_the_top_level_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let kind = |text: &str| {
+            let path = dir.path().join("k.json");
+            std::fs::write(&path, text).unwrap();
+            read_json_kind(&path).map(|k| (k.weight_map, k.tensors_list))
+        };
+        assert_eq!(
+            kind(r#"{"metadata": {}, "weight_map": {"a": "x"}}"#).unwrap(),
+            (true, false)
+        );
+        assert_eq!(
+            kind(r#"{"tensors": [{"name": "a\"b"}], "x": [1, null]}"#).unwrap(),
+            (false, true)
+        );
+        assert_eq!(kind(r#"{"tensors": {"a": 1}}"#).unwrap(), (false, false));
+        assert_eq!(
+            kind(r#"{"x": {"tensors": [], "weight_map": 1}}"#).unwrap(),
+            (false, false)
+        );
+        assert_eq!(kind(r#"[{"tensors": []}]"#).unwrap(), (false, false));
+        assert_eq!(kind("3.5").unwrap(), (false, false));
+        let e = kind(r#"{"tensors": [1, 2"#).unwrap_err().to_string();
+        assert!(e.contains("EOF while parsing"), "{e}");
     }
 }

@@ -15,7 +15,7 @@ pub use spec_json::read_spec_json;
 pub use torchscript::script_module;
 
 use crate::error::{Error, Result};
-use crate::format::json::read_json;
+use crate::format::json::read_json_kind;
 use crate::format::{safetensors, torch_zip};
 use crate::spec::{Format, ModelSpec};
 use std::io::Read;
@@ -91,10 +91,10 @@ pub fn detect_format(path: &Path) -> Result<Format> {
 }
 
 fn json_kind(path: &Path) -> Result<Format> {
-    let value = read_json(path)?;
-    if value.get("weight_map").is_some() {
+    let kind = read_json_kind(path)?;
+    if kind.weight_map {
         Ok(Format::SafetensorsSharded)
-    } else if value.get("tensors").map(|t| t.is_array()).unwrap_or(false) {
+    } else if kind.tensors_list {
         Ok(Format::SpecJson)
     } else {
         Err(Error::UnknownFormat {

@@ -100,6 +100,23 @@ pub struct Context {
     pub target: Vec<i64>,
 }
 
+impl Context {
+    /// The intervals of source tensor `i` that count (the nearest [`MAX_CONTEXT`]).
+    fn spans(&self, i: usize) -> &[(i64, i64)] {
+        &self.source[i][..self.source[i].len().min(MAX_CONTEXT)]
+    }
+}
+
+/// How many context intervals a source tensor has, and how many of them hold the target
+/// module `key`.
+fn context_hits(spans: &[(i64, i64)], key: i64) -> (usize, usize) {
+    let inside = spans
+        .iter()
+        .filter(|(lo, hi)| *lo <= key && key < *hi)
+        .count();
+    (spans.len(), inside)
+}
+
 /// Placeholder for an absent index slot: sources and targets use different values so
 /// that two absent slots never count as agreeing.
 const NO_INDEX_SOURCE: i64 = -1;
@@ -405,15 +422,7 @@ pub fn approx_score(
     if s.class[i] != t.class[j] {
         return None;
     }
-    let ctx = context.map(|c| {
-        let spans = &c.source[i][..c.source[i].len().min(MAX_CONTEXT)];
-        let key = c.target[j];
-        let inside = spans
-            .iter()
-            .filter(|(lo, hi)| *lo <= key && key < *hi)
-            .count();
-        (spans.len(), inside)
-    });
+    let ctx = context.map(|c| context_hits(c.spans(i), c.target[j]));
     Some(rest_part(
         s,
         i,

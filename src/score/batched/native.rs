@@ -11,8 +11,8 @@
 //! ([`super::approx_score`]), so the values are bit-identical to it.
 
 use super::{
-    combine, name_part, rest_part, shape_score, ApproxWeights, Candidate, Features, Search,
-    MAX_CONTEXT, MAX_INDICES, TIE_SLACK,
+    combine, context_hits, name_part, rest_part, shape_score, ApproxWeights, Candidate, Features,
+    Search, MAX_INDICES, TIE_SLACK,
 };
 use crate::progress::Progress;
 use rayon::prelude::*;
@@ -297,8 +297,7 @@ pub(super) fn score_tile(
                     tables.push((key, table));
                 }
                 let table = &tables.last().expect("pushed above").1;
-                let spans =
-                    context.map(|ctx| &ctx.source[i][..ctx.source[i].len().min(MAX_CONTEXT)]);
+                let spans = context.map(|ctx| ctx.spans(i));
                 bounds.clear();
                 bounds.extend(
                     blocks
@@ -315,14 +314,7 @@ pub(super) fn score_tile(
                         break;
                     }
                     for q in blocks[b].0.clone() {
-                        let ctx = spans.map(|spans| {
-                            let key = c.context[q];
-                            let inside = spans
-                                .iter()
-                                .filter(|(lo, hi)| *lo <= key && key < *hi)
-                                .count();
-                            (spans.len(), inside)
-                        });
+                        let ctx = spans.map(|spans| context_hits(spans, c.context[q]));
                         let score = rest_part(
                             s,
                             i,

@@ -100,14 +100,23 @@ fn hf_key_mapping_reproduces_every_rename_with_few_rules() {
             return;
         };
         let km = tmp.path().join("key_mapping.json");
-        ok(&[
-            "export",
-            s(&mapping),
-            "--format",
-            "hf-key-mapping",
-            "-o",
-            s(&km),
-        ]);
+        let export = |force: &[&str]| {
+            let args = [
+                "export",
+                s(&mapping),
+                "--format",
+                "hf-key-mapping",
+                "-o",
+                s(&km),
+            ];
+            weightmap(&[&args[..], force].concat())
+        };
+        let first = export(&[]);
+        assert!(
+            first.status.success(),
+            "{}",
+            String::from_utf8_lossy(&first.stderr)
+        );
         let out = run_python(&py, HF_ROUND_TRIP, &[s(&mapping), s(&km)]);
         let counts: Vec<usize> = out.split_whitespace().map(|x| x.parse().unwrap()).collect();
         let (renames, rules, bound) = (counts[0], counts[1], counts[2]);
@@ -127,15 +136,7 @@ fn hf_key_mapping_reproduces_every_rename_with_few_rules() {
         }
         // Where the bar cannot be met, export says why, with a minimum its rules respect.
         if renames >= 100 && bound * 10 > renames {
-            let again = weightmap(&[
-                "export",
-                s(&mapping),
-                "--format",
-                "hf-key-mapping",
-                "-o",
-                s(&km),
-                "--force",
-            ]);
+            let again = export(&["--force"]);
             let said = String::from_utf8_lossy(&again.stderr);
             let n: usize = said
                 .split("does with fewer than ")

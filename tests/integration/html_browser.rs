@@ -12,12 +12,17 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::support::repo as root;
+use crate::support::{repo as root, s};
 
 fn artifacts() -> PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("../test-artifacts");
     std::fs::create_dir_all(&dir).unwrap();
     dir.canonicalize().unwrap()
+}
+
+/// Writes the HTML report of `source` → `target` to `page` (`weightmap report ... -o`).
+fn report_page(source: &Path, target: &Path, page: &Path) {
+    weightmap(&["report", s(source), s(target), "-o", s(page)]);
 }
 
 /// The chromium binary, or None when the tests are told to skip; panics with what to
@@ -216,13 +221,11 @@ fn demo_report_lists_every_target_and_shows_a_breakdown_on_click() {
     let Some(browser) = chromium() else { return };
     let dir = tempfile::tempdir().unwrap();
     let page = dir.path().join("report.html");
-    weightmap(&[
-        "report",
-        "models/demo_source.pth",
-        "models/demo_target.pt",
-        "-o",
-        page.to_str().unwrap(),
-    ]);
+    report_page(
+        Path::new("models/demo_source.pth"),
+        Path::new("models/demo_target.pt"),
+        &page,
+    );
     let html = std::fs::read_to_string(&page).unwrap();
     // Self-contained: no external resource of any kind.
     for needle in ["src=\"http", "href=\"http", "@import", "url(http", "<link"] {
@@ -294,13 +297,7 @@ fn hostile_names_stay_text() {
     )
     .unwrap();
     let page = dir.path().join("hostile.html");
-    weightmap(&[
-        "report",
-        source.to_str().unwrap(),
-        target.to_str().unwrap(),
-        "-o",
-        page.to_str().unwrap(),
-    ]);
+    report_page(&source, &target, &page);
     let html = std::fs::read_to_string(&page).unwrap();
     assert_eq!(
         html.matches("</script>").count(),
@@ -337,13 +334,7 @@ fn large_bench_case_renders_lazily_and_completely() {
     let dir = tempfile::tempdir().unwrap();
     let page = dir.path().join("large.html");
     let (s, t) = (case.join("source.pth"), case.join("target.pt"));
-    weightmap(&[
-        "report",
-        s.to_str().unwrap(),
-        t.to_str().unwrap(),
-        "-o",
-        page.to_str().unwrap(),
-    ]);
+    report_page(&s, &t, &page);
     let names = target_names(&std::fs::read_to_string(&page).unwrap());
     assert_eq!(names.len(), 4403);
     let (first, _) = run_chromium(
@@ -414,7 +405,7 @@ fn filter_counts_are_the_terminals_and_the_jsons() {
         assert!(text.contains(&format!("; {review} need review;")), "{text}");
 
         let page = dir.path().join(format!("{checked}.html"));
-        weightmap(&["report", src, tgt, "-o", page.to_str().unwrap()]);
+        report_page(Path::new(src), Path::new(tgt), &page);
         let result = check_page(&browser, &page);
         let labels = &result["filter_labels"];
         assert_eq!(
@@ -460,7 +451,7 @@ fn conversions_are_drawn_one_line_per_source_and_target() {
             .sum();
         assert!(members > 0, "{}: no conversion found", case.display());
         let page = dir.path().join(format!("conv{k}.html"));
-        weightmap(&["report", src, tgt, "-o", page.to_str().unwrap()]);
+        report_page(Path::new(src), Path::new(tgt), &page);
         let result = check_page(&browser, &page);
         assert_eq!(
             result["conversion_lines"].as_u64(),
@@ -482,13 +473,7 @@ fn unmatched_lists_collapse_into_patterns_that_open() {
     let dir = tempfile::tempdir().unwrap();
     let (source, target) = crate::patterns::repeated_unmatched_specs(dir.path());
     let page = dir.path().join("patterns.html");
-    weightmap(&[
-        "report",
-        source.to_str().unwrap(),
-        target.to_str().unwrap(),
-        "-o",
-        page.to_str().unwrap(),
-    ]);
+    report_page(&source, &target, &page);
     let result = check_page(&browser, &page);
     assert_eq!(result["unmatched_expected"], 16, "{result}");
     assert_eq!(result["unmatched_listed"], 16, "{result}");

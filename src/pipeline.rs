@@ -265,11 +265,14 @@ pub fn prepare(request: &MapRequest) -> Result<Prepared> {
             && file.is_none()
             && format == Some(Format::TorchScript)
     };
-    // A target traced now is loaded and traced beside the reading of both headers. (A
-    // format that cannot be told is left to the reader to report, in its turn.)
-    let target_format = detect_format(&request.target).ok();
-    let trace_target = request.target_order.is_none() && target_format == Some(Format::TorchScript);
-    let trace_target = trace_target && !defer(target_format, &request.target_order);
+    // A target traced now is loaded and traced beside the reading of both headers. Its
+    // format is looked at only when it may be traced now (a format that cannot be told is
+    // left to the reader to report, in its turn).
+    let may_trace_now = request.target_order.is_none()
+        && request.order != OrderPolicy::None
+        && !(request.order == OrderPolicy::Auto && request.order_needed.is_none());
+    let trace_target =
+        may_trace_now && detect_format(&request.target).ok() == Some(Format::TorchScript);
     let (read, traced) = std::thread::scope(|scope| {
         let traced = trace_target.then(|| {
             scope.spawn(|| {
